@@ -1,0 +1,93 @@
+"""ONNX QDQ exporter: ONNX Runtime's quantizer fed the exact scales of ranges.json (no re-calibration).
+
+Scales reach ORT twice, on purpose: a calibration cache holding every tensor's [min, max] (so
+ORT has nothing to calibrate) and TensorQuantOverrides holding the exact scale/zero-point (so
+ORT's own rounding of min/max cannot drift from ranges.json).
+
+Saturation-safe weights: x86 CPUs without VNNI (AVX2 only) compute u8×s8 products with
+`vpmaddubsw`, which adds pairs of products into int16 and saturates when both are large.
+Limiting weights to 7 bits (|q| ≤ 63) keeps every pair below 2^15, so the runtime matches the
+float simulation. The scheme is chosen per target and recorded in the model's metadata.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from gzsq.errors import GzsqError
+from gzsq.fileio import atomic_path, sha256_bytes
+from gzsq.targets import Target, resolve_target
+
+
+@dataclass(frozen=True)
+class OnnxExportResult:
+    path: Path
+    weight_bits: int
+    scheme: str
+    quantized_tensors: list[str]
+
+
+def quantize_linear_params(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{tensor name: (scale, zero_point)} of every QuantizeLinear in a QDQ model."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            out[node.input[0]] = (inits[node.input[1]], inits[node.input[2]])
+    return out
+
+
+def export_onnx_qdq(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: Target | str = "auto") -> OnnxExportResult:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    target = resolve_target(target)
+    tensors = ranges["tensors"]
+    with tempfile.TemporaryDirectory(prefix="gzsq-qdq-") as tmp:
+        src = Path(tmp) / "float.onnx"
+        onnx.save(graph_model, str(src))
+        cache = Path(tmp) / "calibration_cache.json"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
+            name: TensorData(lowest=np.float32(t["min"]), highest=np.float32(t["max"])) for name, t in tensors.items()}), cache)
+        overrides = {name: [{"scale": np.array(t["scale"], np.float32), "zero_point": np.array(t["zero_point"], np.uint8)}]
+                     for name, t in tensors.items()}
+        dst = Path(tmp) / "qdq.onnx"
+        try:
+            quantize_static(str(src), str(dst), calibration_data_reader=None, calibration_cache_path=str(cache),
+                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=target.weight_bits == 7,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True,
+                                           "ActivationSymmetric": False})
+        except Exception as e:
+            raise GzsqError(f"ONNX Runtime could not quantize the graph ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                            "check that ranges.json belongs to this model") from None
+        qdq = onnx.load(str(dst))
+    scheme = f"uint8 activations, int8 per-channel symmetric weights limited to {target.weight_bits} bits ({target.reason})"
+    meta = {"gzsq.ranges_sha256": sha256_bytes(json.dumps(ranges, sort_keys=True).encode()),
+            "gzsq.model_sha256": ranges.get("model_sha256", ""), "gzsq.target": target.name,
+            "gzsq.weight_bits": str(target.weight_bits), "gzsq.scheme": scheme,
+            "gzsq.calibration": json.dumps(ranges.get("calibration", {}), sort_keys=True)}
+    for key, value in meta.items():
+        prop = qdq.metadata_props.add()
+        prop.key, prop.value = key, value
+    with atomic_path(out_path) as tmp_path:
+        onnx.save(qdq, str(tmp_path))
+    return OnnxExportResult(Path(out_path), target.weight_bits, scheme, sorted(quantize_linear_params(qdq)))
+
+
+class OnnxQdqExporter:
+    """Entry point `onnx` of the gzsq.exporters group."""
+
+    format = "onnx"
+    suffix = ".onnx"
+
+    def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto") -> OnnxExportResult:
+        return export_onnx_qdq(graph_model, ranges, out_path, target)

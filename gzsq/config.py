@@ -107,7 +107,7 @@ class DistillConfig:
     seed: int = 0
     statistics: StatisticsRule = "paper"
     esa: EsaRule = field(default_factory=EsaRule)
-    distill_size: int | None = None   # spatial size to distil at (None: the model's); upsampled after
+    distill_size: int | None = None   # None: auto (half size for inputs ≥ 160 px); 0: the model's size
     spatial_correlation: float = 0.5  # 'moments' rule only: correlation of inputs inside a kernel window
     real_data: str | None = None
     holdout_fraction: float = 0.25

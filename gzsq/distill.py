@@ -240,19 +240,16 @@ def _optimise(model: LoadedModel, config: DistillConfig, domain: InputDomain, pr
 
     gm = model.torch_module()
     shape = model.input_shape
-    distill_shape = shape
-    if config.distill_size and len(shape) == 3:
-        distill_shape = (shape[0], config.distill_size, config.distill_size)
-    example = torch.zeros((2, *distill_shape))
+    distill_shape = _distill_shape(gm, shape, config.distill_size)
+    # A graph with a fixed batch runs in micro-batches of that size; statistics are pooled over them.
+    micro = model.batch_dim_fixed or config.batch_size
+    example = torch.zeros((micro, *distill_shape))
     try:
         with torch.no_grad():
             gm(example)
-        micro = config.batch_size
     except Exception:
-        if distill_shape != shape:
-            raise GzsqError(f"{model.name} does not run at {config.distill_size}px; drop --distill-size") from None
-        example = torch.zeros((1, *shape))
-        micro = 1  # graph has a fixed batch of 1: accumulate statistics over single-image passes
+        micro = 1  # batch baked into a reshape: single-image passes
+        example = torch.zeros((1, *distill_shape))
     layers, loss_fn = _targets(model, config, domain, gm, example)
     channels = shape[0]
     prior_mu, prior_sigma = (torch.from_numpy(p) for p in domain.prior(channels))
@@ -294,15 +291,45 @@ def _optimise(model: LoadedModel, config: DistillConfig, domain: InputDomain, pr
     return images.numpy(), history
 
 
+AUTO_HALF_RESOLUTION_FROM = 160  # inputs at least this large are distilled at half size by default
+
+
+def _distill_shape(gm, shape: tuple[int, ...], distill_size: int | None) -> tuple[int, ...]:
+    """Spatial size to optimise at. None = auto: half size for inputs ≥ 160 px when the graph
+    accepts it (per-channel statistics of a CNN barely depend on resolution, and the cost of a
+    step falls 4×); 0 = the model's own size."""
+    if len(shape) != 3 or distill_size == 0:
+        return shape
+    explicit = distill_size is not None
+    if not explicit:
+        if min(shape[1:]) < AUTO_HALF_RESOLUTION_FROM:
+            return shape
+        distill_size = min(shape[1:]) // 2
+    candidate = (shape[0], distill_size, distill_size)
+    try:
+        with torch.no_grad():
+            gm(torch.zeros((1, *candidate)))
+    except Exception:
+        if explicit:
+            raise GzsqError(f"the model does not run at {distill_size}px; drop --distill-size") from None
+        return shape
+    return candidate
+
+
 def _batch_loss(gm, hooks: _Hooks, layers, loss_fn, x, micro, prior_mu, prior_sigma) -> torch.Tensor:
     if micro >= len(x):
         gm(x)
         outputs = {k: _channel_moments(v) for k, v in hooks.outputs.items()}
-    else:  # fixed-batch graphs: pool per-channel sums over single-image passes
+    else:  # fixed-batch graphs: pool per-channel sums over micro-batch passes
         sums: dict[str, list[torch.Tensor]] = {}
-        for i in range(len(x)):
-            gm(x[i:i + 1])
+        for i in range(0, len(x), micro):
+            chunk = x[i:i + micro]
+            if len(chunk) < micro:  # pad the last chunk by repeating; padded rows are not counted
+                chunk = torch.cat([chunk, chunk[-1:].expand(micro - len(chunk), *chunk.shape[1:])])
+            gm(chunk)
+            keep = min(micro, len(x) - i)
             for k, v in hooks.outputs.items():
+                v = v[:keep]
                 dims = [0] + list(range(2, v.dim()))
                 s1, s2, cnt = v.sum(dims), (v ** 2).sum(dims), v.numel() / v.shape[1]
                 prev = sums.get(k)

@@ -67,7 +67,8 @@ def torch_to_onnx(module_or_program, example_input) -> onnx.ModelProto:
         if isinstance(module_or_program, torch.export.ExportedProgram):
             program = torch.onnx.export(module_or_program, dynamo=True, optimize=False, verbose=False)
         else:
-            module_or_program = module_or_program.eval()
+            if not isinstance(module_or_program, torch.fx.GraphModule):  # unlifted .pt2 modules refuse eval()
+                module_or_program = module_or_program.eval()
             program = torch.onnx.export(module_or_program, (example_input,), dynamo=True, optimize=False,
                                         dynamic_shapes=({0: batch},), input_names=["input"], output_names=["output"],
                                         verbose=False)
@@ -197,7 +198,11 @@ def load_model(spec, input_shape: tuple[int, ...] | None = None, trust_pickle: b
             if not args:
                 raise GzsqError(f"{spec} records no example input; pass --input-shape C,H,W")
             input_shape = tuple(args[0].shape[1:])
-        loaded = from_onnx_model(torch_to_onnx(program, None), path.stem, input_shape)
+        try:  # re-trace with a dynamic batch dim; a program exported with static shapes keeps its batch
+            onnx_model = torch_to_onnx(program.module(), torch.zeros(2, *input_shape))
+        except Exception:
+            onnx_model = torch_to_onnx(program, None)
+        loaded = from_onnx_model(onnx_model, path.stem, input_shape)
         loaded.sha256 = sha256_bytes(path.read_bytes())
         return loaded
     if suffix in PICKLED_SUFFIXES:

@@ -11,7 +11,7 @@ naming is irrelevant here. Two rules, selectable and compared in benchmarks/:
 * ``moments`` — moment propagation: a convolution's output mean is the fan-in weighted sum of its
   input means, its variance sum_i v_i[(1-rho)·Σw² + rho·(Σw)²] (inputs correlated by rho inside a
   kernel window, as neighbouring pixels of natural images are); elementwise activations (ReLU,
-  ReLU6, HardSwish, PReLU, anything channelwise) by Gauss–Hermite quadrature of N(mu, sigma²).
+  ReLU6, HardSwish, PReLU, anything channelwise) by quadrature over N(mu, sigma²).
 
 Both return, for every hooked layer (conv/linear output, after its BN when one follows directly),
 the target per-channel (mu, sigma). Hooks sit on pre-activation tensors, which is where the
@@ -32,7 +32,10 @@ from gzsq.errors import GzsqError
 
 ELEMENTWISE_TYPES = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.PReLU, nn.LeakyReLU, nn.Sigmoid, nn.SiLU,
                      nn.Tanh, nn.GELU, nn.ELU, nn.SELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity, nn.Dropout)
-_HERMITE_T, _HERMITE_W = np.polynomial.hermite.hermgauss(48)
+# Expectations under N(mu, sigma²) on a dense z-grid with normalised Gaussian weights: robust for
+# kinked activations (ReLU, ReLU6, HardSwish), where Gauss–Hermite converges slowly.
+_GRID_Z = np.linspace(-8.0, 8.0, 2049)
+_GRID_W = np.exp(-_GRID_Z ** 2 / 2) / np.exp(-_GRID_Z ** 2 / 2).sum()
 
 
 @dataclass
@@ -106,9 +109,9 @@ def esa_pair(stats: ChannelStats, channels: int, esa: EsaRule) -> tuple[torch.Te
 
 def _quadrature(fn, stats: ChannelStats, ndim: int) -> ChannelStats:
     """E[f(X)], Var[f(X)] per channel for X ~ N(mu, sigma²), f channelwise elementwise."""
-    t = torch.tensor(_HERMITE_T, dtype=torch.float64)
-    w = torch.tensor(_HERMITE_W / math.sqrt(math.pi), dtype=torch.float64)
-    points = stats.mu[None, :] + math.sqrt(2.0) * stats.sigma[None, :] * t[:, None]  # [Q, C]
+    t = torch.tensor(_GRID_Z, dtype=torch.float64)
+    w = torch.tensor(_GRID_W, dtype=torch.float64)
+    points = stats.mu[None, :] + stats.sigma[None, :] * t[:, None]  # [Q, C]
     shape = (points.shape[0], points.shape[1]) + (1,) * (ndim - 2)
     with torch.no_grad():
         values = fn(points.float().reshape(shape)).double().reshape(points.shape)

@@ -39,7 +39,7 @@ class TrainSpec:
 
 SPECS = {
     "fmnist_resnet_bn": TrainSpec("fmnist_resnet_bn", epochs=5, lr=2e-3),
-    "fmnist_resnet_fixup": TrainSpec("fmnist_resnet_fixup", epochs=8, lr=3e-3, weight_decay=1e-4),
+    "fmnist_resnet_fixup": TrainSpec("fmnist_resnet_fixup", epochs=12, lr=3e-3, weight_decay=1e-4),
     "fmnist_vgg_nobn": TrainSpec("fmnist_vgg_nobn", epochs=5, lr=1e-3),
     "fmnist_mobilenet_v2": TrainSpec("fmnist_mobilenet_v2", epochs=6, lr=2e-3),
     "fmnist_dncnn": TrainSpec("fmnist_dncnn", epochs=2, lr=1e-3, task="denoising", weight_decay=0.0),

@@ -67,14 +67,14 @@ def natural_image_crops(size: int = 224, crops_per_image: int = 12, seed: int = 
     from PIL import Image
 
     sources: list[tuple[Image.Image, int]] = []
-    try:
-        import foolbox
+    # foolbox is installed --no-deps for its data only: find the folder without importing it.
+    import importlib.util
 
-        data_dir = Path(foolbox.__file__).parent / "data"
+    spec = importlib.util.find_spec("foolbox")
+    if spec is not None and spec.submodule_search_locations:
+        data_dir = Path(list(spec.submodule_search_locations)[0]) / "data"
         for p in sorted(data_dir.glob("imagenet_*.jpg")):
             sources.append((Image.open(p).convert("RGB"), int(p.stem.split("_")[-1])))
-    except ImportError:
-        pass
     try:
         import skimage.data as sd
 

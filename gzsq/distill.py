@@ -263,7 +263,7 @@ def _optimise(model: LoadedModel, config: DistillConfig, domain: InputDomain, pr
             gen = torch.Generator().manual_seed(config.seed * 100_003 + b)
             x = _initial_batch(gen, n, distill_shape, domain, "gaussian").requires_grad_(True)
             opt = torch.optim.Adam([x], lr=config.learning_rate)
-            best, best_step = math.inf, 0
+            best, best_step, value = math.inf, 0, math.nan
             bar = tqdm(range(config.max_steps), desc=f"{config.method} batch {b + 1}/{n_batches}", leave=False,
                        disable=not progress or None, unit="step")
             for step in bar:
@@ -279,7 +279,7 @@ def _optimise(model: LoadedModel, config: DistillConfig, domain: InputDomain, pr
                     best, best_step = value, step
                 elif step - best_step >= config.patience:
                     break
-            history.append(round(value, 6))
+            history.append(round(value, 6) if math.isfinite(value) else None)
             bar.close()
             batches.append(x.detach())
     finally:

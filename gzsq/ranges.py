@@ -200,6 +200,13 @@ def observe_ranges(model: LoadedModel, images: np.ndarray, config: CalibrationCo
     return out
 
 
+def weight_axis(node: onnx.NodeProto) -> int:
+    """Output-channel axis of a Conv/Gemm/MatMul weight (the per-channel quantization axis)."""
+    if node.op_type == "Gemm":
+        return 0 if next((a.i for a in node.attribute if a.name == "transB"), 0) else 1
+    return WEIGHT_OPS[node.op_type]
+
+
 def weight_entries(graph_model: onnx.ModelProto) -> dict[str, dict]:
     """int8 symmetric per-output-channel parameters of every Conv/Gemm/MatMul weight."""
     inits = {i.name: i for i in graph_model.graph.initializer}
@@ -208,11 +215,7 @@ def weight_entries(graph_model: onnx.ModelProto) -> dict[str, dict]:
         if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in inits:
             continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        if node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            axis = 0 if trans_b else 1
-        else:
-            axis = WEIGHT_OPS[node.op_type]
+        axis = weight_axis(node)
         if w.ndim < 2:
             continue
         absmax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(1)

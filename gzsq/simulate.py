@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from gzsq.ranges import WEIGHT_OPS
+from gzsq.ranges import WEIGHT_OPS, weight_axis
 
 
 def _fake_quant_weight(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
@@ -36,10 +36,7 @@ def fake_quant_model(graph_model: onnx.ModelProto, ranges: dict, tensors: list[s
             w = numpy_helper.to_array(init)
             if w.ndim < 2:
                 continue
-            if node.op_type == "Gemm":
-                axis = 0 if next((a.i for a in node.attribute if a.name == "transB"), 0) else 1
-            else:
-                axis = WEIGHT_OPS[node.op_type]
+            axis = weight_axis(node)
             init.CopyFrom(numpy_helper.from_array(_fake_quant_weight(w, axis, weight_bits), init.name))
     levels = 2 ** activation_bits - 1
     outputs = {o.name for o in graph.output}

@@ -93,3 +93,19 @@ def test_input_range_comes_from_domain(tiny_onnx):
     ranges = build_ranges(model, cal, CalibrationConfig(), progress=False)
     assert ranges["tensors"]["input"]["min"] == pytest.approx(-2.0) and ranges["tensors"]["input"]["max"] == pytest.approx(2.0)
     assert ranges["tensors"]["input"]["source"] == "input domain"
+
+
+def test_fake_quant_simulation_matches_qdq_at_8_bits(calibrated):
+    from gzsq.simulate import fake_quant_model
+
+    model, cal, ranges, out = calibrated
+    result = export_onnx_qdq(prepare_for_quantization(model), ranges, out / "sim.onnx", target="x86-vnni")
+    images = cal.images
+    qdq = OnnxRuntimeHarness(result.path, simulate=True).run(images)
+    graph = prepare_for_quantization(model)
+    w8a8 = OnnxRuntimeHarness(fake_quant_model(graph, ranges, result.quantized_tensors, 8, 8).SerializeToString()).run(images)
+    w4a8 = OnnxRuntimeHarness(fake_quant_model(graph, ranges, result.quantized_tensors, 4, 8).SerializeToString()).run(images)
+    step = ranges["tensors"]["output"]["scale"]
+    # Same grid for weights and activations; only ORT's int32 bias rounding differs.
+    assert np.abs(w8a8 - qdq).max() <= 3 * step
+    assert np.abs(w4a8 - qdq).mean() > np.abs(w8a8 - qdq).mean()

@@ -47,7 +47,7 @@ def ort_native(model, calib: np.ndarray, out: Path, target) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=["mobilenet_v2", "mobilenet_v2_folded"])
-    parser.add_argument("--steps", nargs="*", type=int, default=[0, 25, 50])
+    parser.add_argument("--steps", nargs="*", type=int, default=[0, 60])
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
@@ -83,7 +83,11 @@ def main() -> None:
             rows["ort quantize_static, 64 real crops"] = score(ort_native(model, calib, tmp / f"{name}_ort.onnx", target))
             print(name, rows, flush=True)
             configs = [("gaussian", DistillConfig(method="gaussian", samples=args.samples))]
-            configs += [(f"gzsq, {s} steps", DistillConfig(method="gzsq", samples=args.samples, max_steps=s)) for s in args.steps]
+            configs += [(f"gzsq, ≤{s} steps @112", DistillConfig(method="gzsq", samples=args.samples, max_steps=s)) for s in args.steps]
+            configs += [(f"gzsq moments, ≤{args.steps[-1]} steps @112",
+                         DistillConfig(method="gzsq", statistics="moments", samples=args.samples, max_steps=args.steps[-1]))]
+            if model.zoo_entry.has_bn:
+                configs += [(f"zeroq, ≤{args.steps[-1]} steps @112", DistillConfig(method="zeroq", samples=args.samples, max_steps=args.steps[-1]))]
             for label, config in configs:
                 cal_path = tmp / f"{name}_{label.replace(' ', '_').replace(',', '')}.npz"
                 info = distill_in_child_config(f"zoo:{name}", config, str(cal_path))

@@ -59,6 +59,8 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--statistics", choices=("paper", "moments"), default=d.statistics,
                    help="gzsq target statistics: the paper's recursion or moment propagation")
     p.add_argument("--distill-size", type=int, help="distil at this spatial size, then upsample (default: half size for inputs ≥ 160 px; 0 = full)")
+    p.add_argument("--class-prior-weight", type=float, default=0.0,
+                   help="classifiers: weight of a cross-entropy pull towards a random class per image (experimental)")
     p.add_argument("--real-data", help="--method real: a folder of images or an .npz with 'images'")
 
 
@@ -91,7 +93,8 @@ def _distill_config(args):
 
     return DistillConfig(method=args.method, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
                          max_steps=args.steps, learning_rate=args.lr, statistics=args.statistics,
-                         distill_size=args.distill_size, real_data=args.real_data)
+                         distill_size=args.distill_size, real_data=args.real_data,
+                         class_prior_weight=args.class_prior_weight)
 
 
 def _calibration_config(args):

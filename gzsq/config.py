@@ -100,15 +100,18 @@ class DistillConfig:
     method: DistillMethod = "gzsq"
     samples: int = 32
     batch_size: int = 16
-    max_steps: int = 200
+    max_steps: int = 60
     learning_rate: float = 0.2
-    patience: int = 20          # steps without a 1 % improvement of the best loss before stopping
+    patience: int = 15          # steps without a 1 % improvement of the best loss before stopping
     min_rel_improvement: float = 0.01
     seed: int = 0
     statistics: StatisticsRule = "paper"
     esa: EsaRule = field(default_factory=EsaRule)
     distill_size: int | None = None   # None: auto (half size for inputs ≥ 160 px); 0: the model's size
     spatial_correlation: float = 0.5  # 'moments' rule only: correlation of inputs inside a kernel window
+    # Classifiers (2-D output): add cross-entropy towards a random class per image, so distilled
+    # images produce confident logits as real images do (DeepInversion/GDFQ-style label prior).
+    class_prior_weight: float = 0.0
     real_data: str | None = None
     holdout_fraction: float = 0.25
 

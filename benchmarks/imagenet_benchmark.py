@@ -83,9 +83,10 @@ def main() -> None:
             rows["ort quantize_static, 64 real crops"] = score(ort_native(model, calib, tmp / f"{name}_ort.onnx", target))
             print(name, rows, flush=True)
             configs = [("gaussian", DistillConfig(method="gaussian", samples=args.samples))]
-            configs += [(f"gzsq, ≤{s} steps @112", DistillConfig(method="gzsq", samples=args.samples, max_steps=s)) for s in args.steps]
-            configs += [(f"gzsq moments, ≤{args.steps[-1]} steps @112",
-                         DistillConfig(method="gzsq", statistics="moments", samples=args.samples, max_steps=args.steps[-1]))]
+            configs += [(f"gzsq moments (default), ≤{s} steps @112",
+                         DistillConfig(method="gzsq", statistics="moments", samples=args.samples, max_steps=s)) for s in args.steps]
+            configs += [(f"gzsq paper, ≤{args.steps[-1]} steps @112",
+                         DistillConfig(method="gzsq", statistics="paper", samples=args.samples, max_steps=args.steps[-1]))]
             if model.zoo_entry.has_bn:
                 configs += [(f"zeroq, ≤{args.steps[-1]} steps @112", DistillConfig(method="zeroq", samples=args.samples, max_steps=args.steps[-1]))]
             for label, config in configs:

@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 FMNIST_MODELS = ["fmnist_resnet_bn", "fmnist_resnet_bn_folded", "fmnist_resnet_fixup", "fmnist_vgg_nobn",
                  "fmnist_mobilenet_v2", "fmnist_dncnn"]
-METHODS = ["gzsq", "gzsq-moments", "zeroq", "gaussian", "uniform", "real"]
+METHODS = ["gzsq-moments", "gzsq-paper", "zeroq", "gaussian", "uniform", "real"]
 
 
 def _distill_child(model_spec: str, config, out: str, queue) -> None:

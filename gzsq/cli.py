@@ -222,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     except GzsqError as e:
         print(f"gzsq: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into `head` and friends
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("gzsq: interrupted; no partial output was kept", file=sys.stderr)
         return 130

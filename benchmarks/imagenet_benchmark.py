@@ -108,8 +108,8 @@ def main() -> None:
     for name, rows in results["models"].items():
         for label, r in rows.items():
             lines.append(f"| {name} | {label} | {r['agreement_pct']:.1f} | {r['sqnr_db']:.1f} | {r['simulated_agreement_pct']:.1f} | "
-                         f"{r.get('distill_s', float('nan')):.0f} | {r.get('peak_rss_mb', float('nan')):.0f} |")
-    table = "\n".join(lines).replace("| nan |", "| – |")
+                         + (f"{r['distill_s']:.0f} | {r['peak_rss_mb']:.0f} |" if "distill_s" in r else "– | – |"))
+    table = "\n".join(lines)
     print(table)
     if args.update_readme:
         update_readme("imagenet-benchmark", table)

@@ -100,7 +100,7 @@ def main() -> None:
                 print(name, label, rows[label], flush=True)
             results["models"][name] = rows
     (ROOT / "benchmarks" / "results" / "imagenet.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"Command: `python benchmarks/imagenet_benchmark.py {' '.join(sys.argv[1:])}`".replace(" `", " `").strip(), "",
+    lines = [f"Command: `python benchmarks/imagenet_benchmark.py {' '.join(sys.argv[1:])}`".strip(), "",
              f"{results['eval_crops']} natural-image crops (disjoint from the 64 real crops given to quantize_static); "
              f"ONNX Runtime int8 kernels, target {target.name}; simulated = same QDQ file computed in float.", "",
              "| model | calibration | top-1 agreement % | SQNR dB | simulated agreement % | distill s | peak MB |",

@@ -51,13 +51,25 @@ def denoising_pair(images_u8: np.ndarray, sigma: float, seed: int) -> tuple[np.n
     return noisy, clean
 
 
-def _center_crop_resize(img, size: int):
+def center_crop_resize(img, width: int, height: int | None = None):
+    """Largest centred square of a PIL image, resized (bilinear) to width × height."""
     from PIL import Image
 
     w, h = img.size
     side = min(w, h)
     img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
-    return img.resize((size, size), Image.BILINEAR)
+    return img.resize((width, height or width), Image.BILINEAR)
+
+
+def installed_package_dir(name: str) -> Path | None:
+    """Folder of an installed package, found without importing it (the data-only packages are
+    installed --no-deps and their __init__ may not import)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def natural_image_crops(size: int = 224, crops_per_image: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,13 +79,9 @@ def natural_image_crops(size: int = 224, crops_per_image: int = 12, seed: int = 
     from PIL import Image
 
     sources: list[tuple[Image.Image, int]] = []
-    # foolbox is installed --no-deps for its data only: find the folder without importing it.
-    import importlib.util
-
-    spec = importlib.util.find_spec("foolbox")
-    if spec is not None and spec.submodule_search_locations:
-        data_dir = Path(list(spec.submodule_search_locations)[0]) / "data"
-        for p in sorted(data_dir.glob("imagenet_*.jpg")):
+    foolbox_dir = installed_package_dir("foolbox")
+    if foolbox_dir is not None:
+        for p in sorted((foolbox_dir / "data").glob("imagenet_*.jpg")):
             sources.append((Image.open(p).convert("RGB"), int(p.stem.split("_")[-1])))
     try:
         import skimage.data as sd
@@ -93,7 +101,7 @@ def natural_image_crops(size: int = 224, crops_per_image: int = 12, seed: int = 
     out, labels = [], []
     for img, label in sources:
         w, h = img.size
-        crops = [_center_crop_resize(img, size)]
+        crops = [center_crop_resize(img, size)]
         for _ in range(crops_per_image - 1):
             side = int(min(w, h) * rng.uniform(0.35, 1.0))
             x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))

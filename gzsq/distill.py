@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from gzsq.config import DistillConfig, InputDomain
+from gzsq.datasets import center_crop_resize
 from gzsq.errors import GzsqError
 from gzsq.fileio import atomic_path
 from gzsq.models import LoadedModel
@@ -187,10 +188,7 @@ def load_real_images(path: str, model: LoadedModel, domain: InputDomain) -> np.n
     out = []
     for f in files:
         img = Image.open(f).convert("L" if channels == 1 else "RGB")
-        w, h = img.size
-        side = min(w, h)
-        img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
-        arr = np.asarray(img.resize((width, height), Image.BILINEAR), np.float32) / 255.0
+        arr = np.asarray(center_crop_resize(img, width, height), np.float32) / 255.0
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         out.append(((low + arr * (high - low)) - mean) / std)
     return np.stack(out).astype(np.float32)

@@ -6,6 +6,7 @@ distillation), so the two can never disagree about structure or names.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -62,7 +63,8 @@ def torch_to_onnx(module_or_program, example_input) -> onnx.ModelProto:
     from onnx_ir.passes import common as ir_passes
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings(), _quiet_stdout():
+    # torch.onnx.export prints progress lines to stdout; keep the CLI's output readable.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if isinstance(module_or_program, torch.export.ExportedProgram):
             program = torch.onnx.export(module_or_program, dynamo=True, optimize=False, verbose=False)
@@ -77,19 +79,6 @@ def torch_to_onnx(module_or_program, example_input) -> onnx.ModelProto:
     ir_passes.RemoveUnusedNodesPass()(model)
     ir_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     return serde.serialize_model(model)
-
-
-class _quiet_stdout:
-    """torch.onnx.export prints progress lines to stdout; keep the CLI's output readable."""
-
-    def __enter__(self):
-        import contextlib
-
-        self._cm = contextlib.redirect_stdout(io.StringIO())
-        return self._cm.__enter__()
-
-    def __exit__(self, *exc):
-        return self._cm.__exit__(*exc)
 
 
 def _input_info(model: onnx.ModelProto, input_shape: tuple[int, ...] | None) -> tuple[str, tuple[int, ...], int | None]:

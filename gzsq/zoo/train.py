@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from gzsq.datasets import denoising_pair, load_fashion_mnist, normalize_fashion_mnist
+from gzsq.evaluate import psnr
 from gzsq.zoo import architectures as arch
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -52,11 +52,6 @@ BUILDERS = {
     "fmnist_mobilenet_v2": lambda: arch.small_mobilenet_v2(),
     "fmnist_dncnn": lambda: arch.DnCNN(),
 }
-
-
-def psnr(pred: np.ndarray, target: np.ndarray, peak: float = 1.0) -> float:
-    mse = float(np.mean((np.clip(pred, 0, peak) - target) ** 2))
-    return 10 * math.log10(peak * peak / max(mse, 1e-12))
 
 
 def evaluate(model: nn.Module, spec: TrainSpec) -> float:

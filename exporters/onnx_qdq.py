@@ -93,6 +93,27 @@ class OnnxQdqExporter:
 
     format = "onnx"
     suffix = ".onnx"
+    runtime = "onnxruntime"
 
     def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto") -> OnnxExportResult:
         return export_onnx_qdq(graph_model, ranges, out_path, target)
+
+    def describe(self, artifact: str | Path) -> str:
+        meta = {p.key: p.value for p in onnx.load(str(artifact), load_external_data=False).metadata_props}
+        return meta.get("gzsq.scheme", "not exported by gzsq (no gzsq.scheme metadata)")
+
+    def export_float(self, graph_model: onnx.ModelProto, out_path: str | Path) -> Path:
+        with atomic_path(out_path) as tmp_path:
+            onnx.save(graph_model, str(tmp_path))
+        return Path(out_path)
+
+    def simulator(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path):
+        """Fake-quant simulation of the artifact: the same QDQ file with graph optimisations off,
+        so every QuantizeLinear/DequantizeLinear runs in float and no int8 kernel is involved."""
+        return qdq_simulator(artifact)
+
+
+def qdq_simulator(qdq_path: str | Path):
+    from gzsq.runtimes.onnxruntime_harness import OnnxRuntimeHarness
+
+    return OnnxRuntimeHarness(qdq_path, simulate=True).run

@@ -152,15 +152,45 @@ def cmd_export(args) -> int:
 def cmd_run(args) -> int:
     from gzsq.pipeline import RunConfig, run_pipeline, summarise
 
+    from gzsq.verify import raise_if_gate_failed
+
     model = _load(args)
     config = RunConfig(distill=_distill_config(args), calibration=_calibration_config(args),
-                       formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()), target=args.target,
-                       eval_data=args.eval_data, eval_limit=args.eval_limit, threads=args.threads)
+                       formats=_formats(args.formats), target=args.target,
+                       eval_data=args.eval_data, eval_limit=args.eval_limit, threads=args.threads, max_drop=args.max_drop)
     report = run_pipeline(model, _domain(args, model), config, args.output, progress=True,
                           log=lambda msg: print(msg, file=sys.stderr))
     print(summarise(report))
-    print(f"report: {Path(args.output) / 'report.json'}")
+    print(f"report: {Path(args.output) / 'report.html'} (also report.md, report.json)")
+    raise_if_gate_failed(report)
     return 0
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    if not formats:
+        raise GzsqError("--formats is empty; give e.g. onnx,tflite,openvino")
+    return formats
+
+
+def cmd_verify(args) -> int:
+    from gzsq.pipeline import verify_artifacts
+    from gzsq.verify import raise_if_gate_failed
+
+    model = _load(args)
+    report = verify_artifacts(model, _domain(args, model), args.artifacts, args.ranges, args.output,
+                              eval_data=args.eval_data, eval_limit=args.eval_limit, threads=args.threads,
+                              max_drop=args.max_drop, calibration_path=args.data)
+    print(summarise_verify(report))
+    print(f"report: {Path(args.output) / 'report.html'} (also report.md, report.json)")
+    raise_if_gate_failed(report)
+    return 0
+
+
+def summarise_verify(report: dict) -> str:
+    from gzsq.report import summarise
+
+    return summarise(report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,13 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_distill_args(p)
     _add_calibration_args(p)
-    p.add_argument("--formats", default="onnx", help="comma-separated artifact formats (default: onnx)")
+    p.add_argument("--formats", default="onnx", help="comma-separated artifact formats: onnx, tflite, openvino (default: onnx)")
     p.add_argument("--target", default="auto", help="auto (this CPU), x86-avx2, x86-vnni, arm64, generic")
     p.add_argument("--eval-data", help="images to evaluate on: a folder, or an .npz with 'images' (and 'labels')")
     p.add_argument("--eval-limit", type=int, help="evaluate on at most this many images of the zoo dataset")
-    p.add_argument("--threads", type=int, help="runtime threads for the checks")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads for the checks (default: %(default)s)")
+    p.add_argument("--max-drop", type=float, metavar="PTS",
+                   help="release gate: exit 3 when an artifact loses more than PTS top-1 points vs FP32 (report written anyway)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="check exported artifacts against the reference model, with a report")
+    _add_model_args(p)
+    p.add_argument("artifacts", nargs="+", help="int8 artifacts: .onnx (QDQ), .tflite, OpenVINO .xml")
+    p.add_argument("--ranges", help="ranges.json the artifacts were exported from (default: beside the first artifact)")
+    p.add_argument("--data", help="calibration.npz (held-back images are evaluated, and shown in the report)")
+    p.add_argument("--eval-data", help="images to evaluate on: a folder, or an .npz with 'images' (and 'labels')")
+    p.add_argument("--eval-limit", type=int, help="evaluate on at most this many images of the zoo dataset")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads (default: %(default)s)")
+    p.add_argument("--max-drop", type=float, metavar="PTS", help="release gate: exit 3 when an artifact loses more than PTS")
+    p.add_argument("-o", "--output", required=True, help="output directory for the report")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -48,3 +48,12 @@ def eval_dataset(dataset: str, limit: int | None = None) -> tuple[np.ndarray, np
         crops, labels = datasets.natural_image_crops()
         return crops[:limit], labels[:limit], "agreement"
     raise ValueError(dataset)
+
+
+def cosine(reference: np.ndarray, test: np.ndarray) -> float:
+    """Mean per-sample cosine similarity of flattened outputs."""
+    a = reference.reshape(len(reference), -1).astype(np.float64)
+    b = test.reshape(len(test), -1).astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(num / np.maximum(den, 1e-30)))

@@ -87,12 +87,14 @@ class _Gelu(nn.Module):
 class _Reshape(nn.Module):
     """ONNX Reshape with both allowzero modes (torch.onnx's dynamo exporter writes allowzero=1)."""
 
-    def __init__(self, allowzero: bool) -> None:
+    def __init__(self, allowzero: bool, static_shape: list[int] | None = None) -> None:
         super().__init__()
         self.allowzero = allowzero
+        # A constant shape is kept as Python ints so torch.export sees no data-dependent size.
+        self.static_shape = static_shape
 
-    def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-        dims = [int(d) for d in shape.tolist()]
+    def forward(self, x: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
+        dims = list(self.static_shape) if self.static_shape is not None else [int(d) for d in shape.tolist()]
         if not self.allowzero:
             dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
         return torch.reshape(x, dims)
@@ -139,8 +141,13 @@ def _register_extensions() -> None:
         return OperationConverterResult(torch_module=_CastLike(), onnx_mapping=onnx_mapping_from_node(node))
 
     def reshape(node, graph):
-        return OperationConverterResult(torch_module=_Reshape(bool(node.attributes.get("allowzero", 0))),
-                                        onnx_mapping=onnx_mapping_from_node(node))
+        allowzero = bool(node.attributes.get("allowzero", 0))
+        try:
+            static_shape = [int(d) for d in get_const_value(node.input_values[1], graph).tolist()]
+        except KeyError:
+            return OperationConverterResult(torch_module=_Reshape(allowzero), onnx_mapping=onnx_mapping_from_node(node))
+        return OperationConverterResult(torch_module=_Reshape(allowzero, static_shape),
+                                        onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values))
 
     for version in (5, 13, 14, 19, 21, 23, 24, 25):
         registry._CONVERTER_REGISTRY[registry.OperationDescription("", "Reshape", version)] = reshape

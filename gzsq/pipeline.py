@@ -1,5 +1,6 @@
-"""`gzsq run`: distil → calibrate → export → check, writing OUT/{calibration.npz, ranges.json,
-model_int8.onnx, report.json}. Every file is written atomically."""
+"""`gzsq run`: distil → calibrate → export (each --formats) → verify, writing OUT/{calibration.npz,
+ranges.json, model_int8.<format>, report.json, report.md, report.html}. Every file is written
+atomically; the report is written even when the --max-drop gate fails (the CLI exits 3 after)."""
 from __future__ import annotations
 
 import platform
@@ -13,11 +14,13 @@ from gzsq import __version__
 from gzsq.config import CalibrationConfig, DistillConfig, InputDomain
 from gzsq.distill import CalibrationSet, distill, load_real_images
 from gzsq.errors import GzsqError
-from gzsq.evaluate import accuracy, agreement, eval_dataset, psnr, snr_db
-from gzsq.fileio import ensure_writable_dir, write_json_atomic
+from gzsq.evaluate import eval_dataset
+from gzsq.fileio import ensure_writable_dir
 from gzsq.models import LoadedModel
-from gzsq.plugins import get_exporter, get_runtime
+from gzsq.plugins import get_exporter
 from gzsq.ranges import build_ranges, prepare_for_quantization, save_ranges
+from gzsq.report import summarise, write_reports  # noqa: F401  (summarise is re-exported for the CLI)
+from gzsq.verify import EvalSet, apply_gate, check_eval_shape, verify_artifact
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,8 @@ class RunConfig:
     target: str = "auto"
     eval_data: str | None = None
     eval_limit: int | None = None
-    threads: int | None = None
+    threads: int | None = 1
+    max_drop: float | None = None
 
 
 def load_eval_data(path: str, model: LoadedModel, domain: InputDomain) -> tuple[np.ndarray, np.ndarray | None]:
@@ -43,44 +47,22 @@ def load_eval_data(path: str, model: LoadedModel, domain: InputDomain) -> tuple[
     return images, labels
 
 
-def check_artifact(model: LoadedModel, artifact: Path, calibration: CalibrationSet, config: RunConfig,
-                   domain: InputDomain) -> dict:
-    """FP32 vs int8 (runtime kernels) vs int8 simulation on held-back distilled images, and on
-    eval data when given (or the zoo model's own dataset)."""
-    harness = get_runtime("onnxruntime")
-    float_rt = harness(prepare_for_quantization(model).SerializeToString(), threads=config.threads)
-    int8_rt = harness(artifact, threads=config.threads)
-    sim_rt = harness(artifact, threads=config.threads, simulate=True)
-    result: dict = {}
-    holdout = calibration.holdout_images
-    if len(holdout):
-        ref, q, sim = float_rt.run(holdout), int8_rt.run(holdout), sim_rt.run(holdout)
-        result["holdout_distilled"] = {"images": int(len(holdout)), "top1_agreement_pct": agreement(ref, q),
-                                       "output_snr_db": snr_db(ref, q), "runtime_vs_simulation_agreement_pct": agreement(sim, q)}
-    data = None
+def eval_sets(model: LoadedModel, calibration: CalibrationSet | None, config: RunConfig, domain: InputDomain) -> list[EvalSet]:
+    """Held-back distilled images (always), plus --eval-data or the zoo model's own dataset."""
+    sets = []
+    if calibration is not None and len(calibration.holdout_images):
+        sets.append(EvalSet(calibration.holdout_images, None, "agreement", "held-back distilled images"))
     if config.eval_data:
         images, labels = load_eval_data(config.eval_data, model, domain)
-        data = (images, labels, "top1" if labels is not None else "agreement", config.eval_data)
+        check_eval_shape(images, model.input_shape, config.eval_data)
+        sets.append(EvalSet(images, labels if labels is not None and (labels >= 0).all() else None,
+                            "top1" if labels is not None else "agreement", config.eval_data))
     elif model.zoo_entry is not None:
         images, labels, metric = eval_dataset(model.zoo_entry.dataset, config.eval_limit)
-        data = (images, labels, metric, f"zoo:{model.zoo_entry.dataset}")
-    if data is not None:
-        images, labels, metric, source = data
-        ref, q, sim = float_rt.run(images), int8_rt.run(images), sim_rt.run(images)
-        entry = {"source": source, "images": int(len(images)), "output_snr_db": snr_db(ref, q)}
-        if metric == "psnr":
-            entry.update(fp32_psnr_db=psnr(ref, labels), int8_psnr_db=psnr(q, labels), simulated_psnr_db=psnr(sim, labels))
-        else:
-            entry.update(top1_agreement_pct=agreement(ref, q), runtime_vs_simulation_agreement_pct=agreement(sim, q))
-            if labels is not None and (labels >= 0).all():
-                entry.update(fp32_top1_pct=accuracy(ref, labels), int8_top1_pct=accuracy(q, labels),
-                             simulated_int8_top1_pct=accuracy(sim, labels))
-        result["eval"] = entry
-    sample = (holdout if len(holdout) else calibration.images)[:1]
-    lat_f, lat_q = float_rt.latency(sample), int8_rt.latency(sample)
-    result["latency_batch1"] = {"fp32_p50_ms": lat_f["p50_ms"], "int8_p50_ms": lat_q["p50_ms"],
-                                "int8_over_fp32": lat_q["p50_ms"] / max(lat_f["p50_ms"], 1e-9)}
-    return result
+        if metric == "agreement":
+            labels = None
+        sets.append(EvalSet(images, labels, metric, f"zoo:{model.zoo_entry.dataset}"))
+    return sets
 
 
 def run_pipeline(model: LoadedModel, domain: InputDomain, config: RunConfig, out_dir: str | Path,
@@ -98,18 +80,22 @@ def run_pipeline(model: LoadedModel, domain: InputDomain, config: RunConfig, out
     ranges = build_ranges(model, calibration, config.calibration, progress)
     save_ranges(ranges, out / "ranges.json")
     timings["calibrate_s"] = time.time() - t
+    graph_model = prepare_for_quantization(model)
+    sets = eval_sets(model, calibration, config, domain)
+    sample = (calibration.holdout_images if len(calibration.holdout_images) else calibration.images)[:1]
     artifacts = {}
     for fmt, exporter in exporters.items():
         t = time.time()
         log(f"[3/4] exporting {fmt}")
-        result = exporter.export(prepare_for_quantization(model), ranges, out / f"model_int8{exporter.suffix}", config.target)
+        result = exporter.export(graph_model, ranges, out / f"model_int8{exporter.suffix}", config.target)
         timings[f"export_{fmt}_s"] = time.time() - t
         t = time.time()
-        log(f"[4/4] checking {result.path.name} in the runtime")
-        checks = check_artifact(model, result.path, calibration, config, domain)
+        log(f"[4/4] checking {result.path.name} in {exporter.runtime}")
+        entry = verify_artifact(fmt, result.path, graph_model, ranges, sets, config.threads, work_dir=out,
+                                latency_sample=sample)
         timings[f"check_{fmt}_s"] = time.time() - t
-        artifacts[fmt] = {"path": result.path.name, "scheme": result.scheme, "weight_bits": result.weight_bits,
-                          "quantized_tensors": len(result.quantized_tensors), **checks}
+        artifacts[fmt] = {**entry, "scheme": result.scheme, "weight_bits": result.weight_bits,
+                          "quantized_tensors": len(result.quantized_tensors)}
     report = {
         "gzsq_version": __version__, "model": model.name, "model_sha256": model.sha256,
         "input_shape": list(model.input_shape), "domain": domain.to_dict(),
@@ -120,30 +106,65 @@ def run_pipeline(model: LoadedModel, domain: InputDomain, config: RunConfig, out
         "machine": {"platform": platform.platform(), "processor": platform.machine()},
         "artifacts": artifacts,
     }
-    write_json_atomic(out / "report.json", report)
+    apply_gate(report, config.max_drop)
+    write_reports(report, out, calibration=calibration, ranges=ranges)
     return report
 
 
-def summarise(report: dict) -> str:
-    lines = [f"gzsq {report['model']}  method={report['method']} seed={report['seed']}  "
-             f"distill {report['timings_s']['distill_s']:.1f}s, peak {report['distill_peak_rss_mb']:.0f} MB"]
-    for fmt, a in report["artifacts"].items():
-        lines.append(f"  {fmt}: {a['path']}  ({a['scheme']})")
-        h = a.get("holdout_distilled")
-        if h:
-            lines.append(f"    held-back distilled images: top-1 agreement {h['top1_agreement_pct']:.1f}%, "
-                         f"output SNR {h['output_snr_db']:.1f} dB")
-        e = a.get("eval")
-        if e:
-            if "fp32_psnr_db" in e:
-                lines.append(f"    {e['source']} ({e['images']}): PSNR fp32 {e['fp32_psnr_db']:.2f} dB, int8 {e['int8_psnr_db']:.2f} dB")
-            elif "fp32_top1_pct" in e:
-                lines.append(f"    {e['source']} ({e['images']}): top-1 fp32 {e['fp32_top1_pct']:.2f}%, int8 {e['int8_top1_pct']:.2f}% "
-                             f"(simulated {e['simulated_int8_top1_pct']:.2f}%), agreement {e['top1_agreement_pct']:.2f}%")
-            else:
-                lines.append(f"    {e['source']} ({e['images']}): top-1 agreement with fp32 {e['top1_agreement_pct']:.2f}%, "
-                             f"SNR {e['output_snr_db']:.1f} dB")
-        lat = a["latency_batch1"]
-        lines.append(f"    latency batch 1: fp32 {lat['fp32_p50_ms']:.2f} ms, int8 {lat['int8_p50_ms']:.2f} ms "
-                     f"(×{lat['int8_over_fp32']:.2f})")
-    return "\n".join(lines)
+
+
+ARTIFACT_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
+
+
+def artifact_format(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise GzsqError(f"artifact {path} does not exist; export it with `gzsq export` or `gzsq run`")
+    fmt = ARTIFACT_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise GzsqError(f"unknown artifact format {path.suffix or path.name!r}; gzsq verifies "
+                        f"{', '.join(ARTIFACT_SUFFIXES)} files")
+    if fmt == "openvino" and not path.with_suffix(".bin").is_file():
+        raise GzsqError(f"{path} has no weights file {path.with_suffix('.bin').name} beside it; copy both files")
+    return fmt
+
+
+def verify_artifacts(model: LoadedModel, domain: InputDomain, artifacts: list[str], ranges_path: str | None,
+                     out_dir: str | Path, eval_data: str | None = None, eval_limit: int | None = None,
+                     threads: int | None = 1, max_drop: float | None = None, calibration_path: str | None = None) -> dict:
+    """`gzsq verify`: the checks of `gzsq run` on artifacts exported before."""
+    from gzsq.ranges import load_ranges
+
+    formats = [artifact_format(a) for a in artifacts]
+    first_dir = Path(artifacts[0]).parent
+    ranges_path = ranges_path or str(first_dir / "ranges.json")
+    ranges = load_ranges(ranges_path, model)
+    calibration = None
+    calibration_path = calibration_path or (str(first_dir / "calibration.npz") if (first_dir / "calibration.npz").is_file() else None)
+    if calibration_path:
+        calibration = CalibrationSet.load(calibration_path)
+        calibration.check_model(model)
+    out = ensure_writable_dir(out_dir)
+    config = RunConfig(eval_data=eval_data, eval_limit=eval_limit, threads=threads, max_drop=max_drop)
+    sets = eval_sets(model, calibration, config, domain)
+    if not sets:
+        raise GzsqError("nothing to evaluate on: pass --eval-data (or --data with a calibration.npz)")
+    graph_model = prepare_for_quantization(model)
+    sample = sets[0].images[:1]
+    report = {"gzsq_version": __version__, "model": model.name, "model_sha256": model.sha256,
+              "input_shape": list(model.input_shape), "domain": domain.to_dict(),
+              "method": ranges["calibration"].get("method"), "seed": ranges["calibration"].get("seed"),
+              "calibration": ranges["calibration"], "timings_s": {}, "distill_peak_rss_mb": 0.0,
+              "machine": {"platform": platform.platform(), "processor": platform.machine()}, "artifacts": {}}
+    for fmt, artifact in zip(formats, artifacts):
+        t = time.time()
+        key = fmt if fmt not in report["artifacts"] else f"{fmt}:{Path(artifact).name}"
+        entry = verify_artifact(fmt, artifact, graph_model, ranges, sets, threads, work_dir=out, latency_sample=sample)
+        exporter = get_exporter(fmt)
+        entry["scheme"] = getattr(exporter, "describe", lambda p: "as exported")(artifact)
+        report["artifacts"][key] = entry
+        report["timings_s"][f"verify_{key}_s"] = round(time.time() - t, 2)
+    report["timings_s"]["distill_s"] = 0.0
+    apply_gate(report, max_drop)
+    write_reports(report, out, calibration=calibration, ranges=ranges)
+    return report

@@ -3,12 +3,12 @@ graph optimisations off, so every QuantizeLinear/DequantizeLinear pair executes 
 fake-quant simulation of exactly those scales, with no int8 kernel involved."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
 from gzsq.errors import GzsqError
+from gzsq.runtime_api import measure_latency, run_in_batches
 
 
 class OnnxRuntimeHarness:
@@ -26,6 +26,7 @@ class OnnxRuntimeHarness:
             opts.inter_op_num_threads = 1
         if simulate:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.threads = threads
         source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
@@ -36,25 +37,10 @@ class OnnxRuntimeHarness:
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
 
     def run(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        step = self.fixed_batch or batch_size
-        outs = []
-        for i in range(0, len(images), step):
-            chunk = images[i:i + step].astype(np.float32)
-            if self.fixed_batch and len(chunk) < step:  # pad a fixed-batch graph's last chunk
-                pad = np.repeat(chunk[-1:], step - len(chunk), axis=0)
-                outs.append(self.session.run(None, {self.input_name: np.concatenate([chunk, pad])})[0][: len(chunk)])
-            else:
-                outs.append(self.session.run(None, {self.input_name: chunk})[0])
-        return np.concatenate(outs)
+        return run_in_batches(lambda x: self.session.run(None, {self.input_name: x.astype(np.float32)})[0],
+                              images, batch_size, self.fixed_batch)
 
     def latency(self, sample: np.ndarray, warmup: int = 5, repeats: int = 30) -> dict:
         feed = {self.input_name: sample.astype(np.float32)}
-        for _ in range(warmup):
-            self.session.run(None, feed)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            self.session.run(None, feed)
-            times.append(time.perf_counter() - t)
-        times_ms = np.array(times) * 1000
-        return {"p50_ms": float(np.percentile(times_ms, 50)), "p90_ms": float(np.percentile(times_ms, 90)), "repeats": repeats}
+        return {**measure_latency(lambda: self.session.run(None, feed), warmup, repeats), "threads": self.threads,
+                "runtime": "onnxruntime CPU"}

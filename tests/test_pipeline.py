@@ -17,12 +17,14 @@ def test_run_writes_all_outputs(tmp_path, tiny_onnx, capsys):
     code = main(["run", str(tiny_onnx), "-o", str(out), "--samples", "8", "--steps", "5", "--eval-data", str(eval_npz),
                  "--seed", "3"])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["calibration.npz", "model_int8.onnx", "ranges.json", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.npz", "model_int8.onnx", "ranges.json", "report.html",
+                                                     "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert report["seed"] == 3 and report["method"] == "gzsq"
     art = report["artifacts"]["onnx"]
-    assert 0 <= art["holdout_distilled"]["top1_agreement_pct"] <= 100
-    assert art["eval"]["images"] == 20 and "int8_top1_pct" in art["eval"]
+    holdout, labelled = art["evaluations"]
+    assert holdout["source"] == "held-back distilled images" and 0 <= holdout["int8_top1_agreement_pct"] <= 100
+    assert labelled["images"] == 20 and "int8_top1_pct" in labelled
     assert report["timings_s"]["distill_s"] >= 0
     assert "top-1" in capsys.readouterr().out
 
@@ -37,8 +39,10 @@ def test_steps_compose_like_run(tmp_path, tiny_onnx):
     assert main(["export", str(tiny_onnx), "--ranges", str(ranges), "--format", "coreml", "-o", str(tmp_path / "x")]) != 0
 
 
-def _top1(report):
-    return report["artifacts"]["onnx"]["eval"]
+def _top1(report, fmt="onnx"):
+    from gzsq.verify import headline
+
+    return headline(report["artifacts"][fmt])
 
 
 @pytest.mark.slow

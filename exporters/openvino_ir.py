@@ -1,0 +1,111 @@
+"""OpenVINO IR exporter: the QDQ ONNX of ranges.json (gzsq.exporters.onnx_qdq, same scales and
+saturation-safe weight scheme) converted by `openvino.convert_model`. Activations become
+FakeQuantize ops (levels=256) whose limits are the ranges.json grid; weights int8 constants.
+Saved without FP16 compression so the artifact holds exactly the quantized model."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from gzsq.errors import GzsqError
+from gzsq.exporters.onnx_qdq import export_onnx_qdq, qdq_simulator
+from gzsq.fileio import ensure_writable_dir
+
+
+@dataclass(frozen=True)
+class OpenVinoExportResult:
+    path: Path
+    weight_bits: int
+    scheme: str
+    quantized_tensors: list[str]
+
+
+def _openvino():
+    try:
+        import openvino as ov
+        return ov
+    except ImportError:
+        raise GzsqError("the OpenVINO exporter needs openvino; pip install openvino==2026.4.1") from None
+
+
+def fake_quantize_limits(xml_path: str | Path) -> list[dict]:
+    """(input_low, input_high, output_low, output_high, levels) of every activation FakeQuantize."""
+    ov = _openvino()
+    model = ov.Core().read_model(str(xml_path))
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        limits = []
+        for i in range(1, 5):
+            source = op.input_value(i).get_node()
+            if source.get_type_name() != "Constant":
+                break
+            limits.append(np.asarray(source.get_data(), np.float64))
+        if len(limits) == 4:
+            out.append({"name": op.get_friendly_name(), "input_low": limits[0], "input_high": limits[1],
+                        "output_low": limits[2], "output_high": limits[3], "levels": int(op.get_levels())})
+    return out
+
+
+def export_openvino(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto") -> OpenVinoExportResult:
+    ov = _openvino()
+    out_path = Path(out_path)
+    if out_path.suffix != ".xml":
+        raise GzsqError(f"OpenVINO IR is written as NAME.xml + NAME.bin; give an .xml path, not {out_path.name}")
+    ensure_writable_dir(out_path.parent if str(out_path.parent) else Path("."))
+    with tempfile.TemporaryDirectory(prefix="gzsq-ov-", dir=out_path.parent) as tmp:
+        qdq = export_onnx_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", target)
+        try:
+            model = ov.convert_model(str(qdq.path))
+        except Exception as e:
+            raise GzsqError(f"openvino.convert_model failed on the QDQ model ({str(e).splitlines()[0][:200]})") from None
+        model.set_rt_info(qdq.scheme, ["gzsq", "scheme"])
+        model.set_rt_info(ranges.get("model_sha256", ""), ["gzsq", "model_sha256"])
+        staged = Path(tmp) / out_path.name
+        ov.save_model(model, str(staged), compress_to_fp16=False)
+        # Two files: move .bin first, then .xml, so a reader never sees an .xml without its weights.
+        staged.with_suffix(".bin").replace(out_path.with_suffix(".bin"))
+        staged.replace(out_path)
+    return OpenVinoExportResult(out_path, qdq.weight_bits, qdq.scheme.replace("uint8 activations", "FakeQuantize (256 levels) activations"),
+                                qdq.quantized_tensors)
+
+
+class OpenVinoExporter:
+    """Entry point `openvino` of the gzsq.exporters group."""
+
+    format = "openvino"
+    suffix = ".xml"
+    runtime = "openvino"
+
+    def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto") -> OpenVinoExportResult:
+        self._target = target
+        return export_openvino(graph_model, ranges, out_path, target)
+
+    def describe(self, artifact: str | Path) -> str:
+        model = _openvino().Core().read_model(str(artifact))
+        return str(model.get_rt_info(["gzsq", "scheme"])) if model.has_rt_info(["gzsq", "scheme"]) else \
+            "not exported by gzsq (no gzsq scheme in rt_info)"
+
+    def export_float(self, graph_model: onnx.ModelProto, out_path: str | Path) -> Path:
+        ov = _openvino()
+        out_path = Path(out_path)
+        with tempfile.TemporaryDirectory(prefix="gzsq-ov-", dir=out_path.parent) as tmp:
+            src = Path(tmp) / "float.onnx"
+            onnx.save(graph_model, str(src))
+            staged = Path(tmp) / out_path.name
+            ov.save_model(ov.convert_model(str(src)), str(staged), compress_to_fp16=False)
+            staged.with_suffix(".bin").replace(out_path.with_suffix(".bin"))
+            staged.replace(out_path)
+        return out_path
+
+    def simulator(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path):
+        """Fake-quant simulation of the artifact: the QDQ ONNX it was converted from, with ORT's
+        graph optimisations off (QuantizeLinear/DequantizeLinear in float)."""
+        self._sim_dir = tempfile.TemporaryDirectory(prefix="gzsq-ov-sim-")
+        qdq = export_onnx_qdq(graph_model, ranges, Path(self._sim_dir.name) / "qdq.onnx", getattr(self, "_target", "auto"))
+        return qdq_simulator(qdq.path)

@@ -1,0 +1,458 @@
+"""TFLite full-int8 exporter: the ranges.json scales, through torch PT2E and litert-torch.
+
+Path: pre-processed ONNX graph → static batch → onnx2torch → torch.export
+(gzsq.torch_graph keeps the ONNX tensor name of every node) → PT2E `prepare_pt2e` with
+litert-torch's quantizer, widened so every float op is quantized → each observer replaced by one
+that returns the ranges.json parameters of the tensor it observes → `convert_pt2e` →
+`litert_torch.convert`.
+
+Activation parameters are those of ranges.json moved from uint8 to int8: the same scale and
+zero_point − 128 (the same real grid). Weights are int8 symmetric per output channel with the
+ranges.json scales. Where the quantizer forces two tensors to share parameters (pooling,
+reshape, concat inputs), the shared parameters are those of the producing tensor, as in TFLite's
+own rules.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from gzsq.errors import GzsqError
+from gzsq.fileio import atomic_path, sha256_bytes
+
+# aten ops litert-torch's stock quantizer can leave in float (chained residual adds, a Clip that
+# is not fused into its conv, pooling/reshape tails). Each is annotated here so no float island
+# survives: inputs and output quantized (the ops below keep the value grid, so TFLite shares it).
+_EXTRA_ANNOTATED_OPS = ("add.Tensor", "mul.Tensor", "sub.Tensor", "hardtanh.default", "clamp.default",
+                        "relu.default", "relu6.default", "hardswish.default", "hardsigmoid.default",
+                        "sigmoid.default", "mean.dim", "avg_pool2d.default", "adaptive_avg_pool2d.default",
+                        "max_pool2d.default", "leaky_relu.default", "tanh.default", "silu.default",
+                        "gelu.default", "prelu.default", "upsample_nearest2d.vec", "upsample_bilinear2d.vec",
+                        "pad.default", "constant_pad_nd.default")
+
+
+@dataclass(frozen=True)
+class TfliteExportResult:
+    path: Path
+    weight_bits: int
+    scheme: str
+    quantized_tensors: list[str]
+    io_dtype: str
+    shared: dict[str, str] = field(default_factory=dict)
+
+
+def _quiet():
+    """litert-torch and absl print conversion progress to stdout/stderr; keep the CLI readable."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    for name in ("absl", "torch", "torchao", "litert_torch", "jax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return stack
+
+
+def _full_int8_quantizer():
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    act_spec = config.input_activation
+    targets = {f"aten.{op}" for op in _EXTRA_ANNOTATED_OPS}  # by name: graph OpOverloads need not be identical objects
+
+    def float_activation(arg) -> bool:
+        val = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
+        return arg.op != "get_attr" and isinstance(val, torch.Tensor) and val.is_floating_point() if val is not None else False
+
+    class FullInt8Quantizer(PT2EQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                if node.op != "call_function" or str(node.target) not in targets:
+                    continue
+                inputs = {a: act_spec for a in node.args if float_activation(a)}
+                annotation = node.meta.get("quantization_annotation")
+                # The stock annotator marks chained adds "annotated" without quantizing them.
+                if (annotation is not None and annotation.output_qspec is not None
+                        and set(inputs) <= set(annotation.input_qspec_map)):
+                    continue
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map=inputs, output_qspec=act_spec, _annotated=True)
+            _fuse_activations(model)
+            return model
+
+    return FullInt8Quantizer().set_global(config)
+
+
+# TFLite fuses these activations into the op before them (CONV_2D, DEPTHWISE_CONV_2D,
+# FULLY_CONNECTED, ADD, MUL) and keeps only the activation's output quantization. The PT2E graph
+# must quantize the same way, or its simulation rounds twice where the runtime rounds once.
+_FUSED_PRODUCERS = {"aten.conv2d.default", "aten.conv1d.default", "aten.linear.default", "aten.add.Tensor",
+                    "aten.mul.Tensor"}
+_FUSED_ACTIVATION_BOUNDS = {"aten.relu.default": None, "aten.relu6.default": (0.0, 6.0),
+                            "aten.hardtanh.default": "args", "aten.clamp.default": "args"}
+_TFLITE_FUSED_RANGES = {(0.0, 6.0), (-1.0, 1.0), (0.0, 1.0)}
+
+
+def _fusable(node) -> bool:
+    kind = _FUSED_ACTIVATION_BOUNDS.get(str(node.target), False)
+    if kind is False:
+        return False
+    if kind != "args":
+        return True
+    bounds = tuple(float(b) if isinstance(b, (int, float)) else None for b in list(node.args[1:3]) + [None] * (3 - len(node.args)))[:2]
+    return bounds in _TFLITE_FUSED_RANGES or (bounds[0] == 0.0 and bounds[1] is None)
+
+
+def _fuse_activations(model) -> None:
+    for node in model.graph.nodes:
+        if node.op != "call_function" or not node.args or not _fusable(node):
+            continue
+        source = node.args[0]
+        if (getattr(source, "op", None) != "call_function" or str(source.target) not in _FUSED_PRODUCERS
+                or len(source.users) != 1):
+            continue
+        producer = source.meta.get("quantization_annotation")
+        consumer = node.meta.get("quantization_annotation")
+        if producer is None or consumer is None or consumer.output_qspec is None:
+            continue
+        producer.output_qspec = None
+        consumer.input_qspec_map.pop(source, None)
+
+
+def _fixed_observer(scale, zero_point, per_channel: bool, ch_axis: int = 0):
+    """An observer that reports given parameters instead of measuring (convert_pt2e reads it)."""
+    import torch
+    from torchao.quantization.pt2e import ObserverBase
+
+    class FixedObserver(ObserverBase):
+        def __init__(self):
+            super().__init__(dtype=torch.int8, is_dynamic=False)
+            self.qscheme = torch.per_channel_symmetric if per_channel else torch.per_tensor_affine
+            self.quant_min, self.quant_max = (-127, 127) if per_channel else (-128, 127)
+            self.ch_axis = ch_axis
+            self.register_buffer("scale", torch.tensor(np.atleast_1d(scale), dtype=torch.float32))
+            self.register_buffer("zero_point", torch.tensor(np.atleast_1d(zero_point), dtype=torch.int32))
+
+        def forward(self, x):
+            return x
+
+        def calculate_qparams(self):
+            if per_channel:
+                return self.scale, self.zero_point
+            return self.scale[0], self.zero_point[0]
+
+    return FixedObserver()
+
+
+def int8_params(entry: dict) -> tuple[float, int]:
+    """ranges.json's uint8 (scale, zero_point) as int8: same scale, zero_point − 128."""
+    return float(np.float32(entry["scale"])), int(entry["zero_point"]) - 128
+
+
+def _install_ranges(prepared, graph, ranges: dict) -> tuple[list[str], dict[str, str]]:
+    """Replace every PT2E observer with one holding ranges.json's parameters of its tensor."""
+    tensors, weights = ranges["tensors"], ranges.get("weights", {})
+    quantized, shared = [], {}
+    seen: dict[str, str] = {}
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or "activation_post_process" not in str(node.target):
+            continue
+        observed = node.args[0]
+        old = getattr(prepared, node.target)
+        if observed.op == "get_attr":  # a weight: owner submodule's ONNX node, input 1
+            name = _weight_name(graph, observed)
+            if name is None or name not in weights:
+                raise GzsqError(f"weight {observed.target!r} has no entry in ranges.json; recreate it with `gzsq calibrate`")
+            entry = weights[name]
+            axis = int(getattr(old, "ch_axis", 0))
+            scale = np.asarray(entry["scale"], np.float32)
+            weight = prepared
+            for part in str(observed.target).split("."):
+                weight = getattr(weight, part)
+            if weight.shape[axis] != scale.size:
+                raise GzsqError(f"weight {name!r}: ranges.json has {scale.size} channels, the graph {weight.shape[axis]}; "
+                                "recreate ranges.json with `gzsq calibrate` on this model")
+            setattr(prepared, node.target, _fixed_observer(scale, np.zeros(scale.size, np.int32), True, axis))
+            continue
+        if node.target in seen:  # shared observer module: already set from its first tensor
+            continue
+        name = graph.tensor_name(observed)
+        if name is None or name not in tensors:
+            raise GzsqError(f"the TFLite quantizer needs a range for tensor {name or observed.name!r}, "
+                            "which ranges.json lacks; recreate it with `gzsq calibrate` on this model")
+        scale, zp = int8_params(tensors[name])
+        setattr(prepared, node.target, _fixed_observer(scale, zp, False))
+        seen[node.target] = name
+        quantized.append(name)
+    # Observers shared by several tensors (PT2E's SharedQuantizationSpec) are called from several
+    # nodes with the same target; record which tensors inherit which range.
+    for node in prepared.graph.nodes:
+        if node.op == "call_module" and node.target in seen:
+            name = graph.tensor_name(node.args[0])
+            if name and name != seen[node.target]:
+                shared[name] = seen[node.target]
+    return quantized, shared
+
+
+def _weight_name(graph, get_attr_node) -> str | None:
+    owner = str(get_attr_node.target).split(".")[0]
+    index = owner[len("gzsq_n"):] if owner.startswith("gzsq_n") else None
+    if index is None or not index.isdigit():
+        return None
+    node = graph.graph_model.graph.node[int(index)]
+    return node.input[1] if len(node.input) > 1 else None
+
+
+def float_op_count(tflite_bytes: bytes) -> tuple[int, list[str]]:
+    """Operators computing in float (any float32 input or output), not counting the QUANTIZE /
+    DEQUANTIZE at the model's float I/O boundary."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(tflite_bytes, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+    float_ops = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        opname = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
+        if opname in ("QUANTIZE", "DEQUANTIZE") and (set(op.inputs) & set(graph.inputs) or set(op.outputs) & set(graph.outputs)):
+            continue
+        tensors = [graph.tensors[i] for i in list(op.inputs) + list(op.outputs) if i >= 0]
+        if any(t.type == schema.TensorType.FLOAT32 for t in tensors):
+            float_ops.append(opname)
+    return len(float_ops), float_ops
+
+
+def _add_float_io(tflite_bytes: bytes) -> bytes:
+    """Give an int8-I/O model float I/O: QUANTIZE after each input, DEQUANTIZE before each output."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(tflite_bytes, 0)
+    graph = model.subgraphs[0]
+
+    def opcode(builtin):
+        for i, code in enumerate(model.operatorCodes):
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+                return i
+        code = schema.OperatorCodeT()
+        code.builtinCode = builtin
+        code.deprecatedBuiltinCode = min(builtin, 127)
+        code.version = 1
+        model.operatorCodes.append(code)
+        return len(model.operatorCodes) - 1
+
+    def float_twin(index: int, suffix: str) -> int:
+        src = graph.tensors[index]
+        twin = schema.TensorT()
+        twin.shape = list(src.shape)
+        twin.shapeSignature = list(src.shapeSignature) if src.shapeSignature is not None else None
+        twin.type = schema.TensorType.FLOAT32
+        twin.name = (src.name.decode() if isinstance(src.name, bytes) else src.name) + suffix
+        empty = schema.BufferT()
+        model.buffers.append(empty)
+        twin.buffer = len(model.buffers) - 1
+        graph.tensors.append(twin)
+        return len(graph.tensors) - 1
+
+    graph.inputs, graph.outputs = [int(i) for i in graph.inputs], [int(i) for i in graph.outputs]
+    head, tail = [], []
+    for pos, index in enumerate(list(graph.inputs)):
+        if graph.tensors[index].type != schema.TensorType.INT8:
+            continue
+        twin = float_twin(index, "_float")
+        op = schema.OperatorT()
+        op.opcodeIndex = opcode(schema.BuiltinOperator.QUANTIZE)
+        op.inputs, op.outputs = [twin], [index]
+        head.append(op)
+        graph.inputs[pos] = twin
+    for pos, index in enumerate(list(graph.outputs)):
+        if graph.tensors[index].type != schema.TensorType.INT8:
+            continue
+        twin = float_twin(index, "_float")
+        op = schema.OperatorT()
+        op.opcodeIndex = opcode(schema.BuiltinOperator.DEQUANTIZE)
+        op.inputs, op.outputs = [index], [twin]
+        tail.append(op)
+        graph.outputs[pos] = twin
+    graph.operators = head + list(graph.operators) + tail
+    for signature in model.signatureDefs or []:
+        _remap_signature(signature, graph)
+    builder = flatbuffers.Builder(len(tflite_bytes) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _remap_signature(signature, graph) -> None:
+    """Point a signature's I/O entries at the (new) float boundary tensors, by position."""
+    for entries, indices in ((signature.inputs, graph.inputs), (signature.outputs, graph.outputs)):
+        for entry, index in zip(entries or [], indices):
+            entry.tensorIndex = index
+
+
+def _litert():
+    try:
+        import litert_torch
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as e:
+        raise GzsqError(f"the TFLite exporter needs litert-torch and torchao ({e.name} is missing); "
+                        "pip install litert-torch==0.10.0 torchao==0.18.0") from None
+    return litert_torch, QuantConfig, prepare_pt2e, convert_pt2e
+
+
+@dataclass
+class QuantizedTorchGraph:
+    """The PT2E graph the .tflite is converted from: running it in torch is the fake-quant
+    simulation of exactly the artifact's quantization (same placement, same parameters)."""
+
+    graph: object
+    quantizer: object
+    converted: object
+    quantized: list[str]
+    shared: dict[str, str]
+
+    def simulate(self, images: np.ndarray, batch_size: int = 1) -> np.ndarray:
+        import torch
+
+        outs = []
+        fixed = int(self.graph.example_input.shape[0])
+        with torch.no_grad():
+            for i in range(0, len(images), fixed):
+                chunk = torch.from_numpy(np.ascontiguousarray(images[i:i + fixed], np.float32))
+                n = len(chunk)
+                if n < fixed:
+                    chunk = torch.cat([chunk, chunk[-1:].expand(fixed - n, *chunk.shape[1:])])
+                outs.append(self.converted(chunk)[:n].numpy())
+        return np.concatenate(outs)
+
+
+def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict) -> QuantizedTorchGraph:
+    from gzsq.torch_graph import export_torch_graph
+
+    _, _, prepare_pt2e, convert_pt2e = _litert()
+    with _quiet():
+        graph = export_torch_graph(graph_model, batch=1)
+        quantizer = _full_int8_quantizer()
+        prepared = prepare_pt2e(graph.module, quantizer)
+        quantized, shared = _install_ranges(prepared, graph, ranges)
+        converted = convert_pt2e(prepared, fold_quantize=False)
+    return QuantizedTorchGraph(graph, quantizer, converted, quantized, shared)
+
+
+def _convert(module, example, quantizer=None) -> bytes:
+    litert_torch, QuantConfig, _, _ = _litert()
+    with _quiet(), tempfile.TemporaryDirectory(prefix="gzsq-tflite-") as tmp:
+        try:
+            kwargs = {"quant_config": QuantConfig(pt2e_quantizer=quantizer)} if quantizer is not None else {}
+            litert_torch.convert(module, (example,), **kwargs).export(os.path.join(tmp, "m.tflite"))
+        except GzsqError:
+            raise
+        except Exception as e:
+            raise GzsqError(f"litert-torch could not convert the graph ({type(e).__name__}: "
+                            f"{str(e).strip().splitlines()[0][:200]})") from None
+        return Path(tmp, "m.tflite").read_bytes()
+
+
+def export_tflite(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, io_dtype: str = "float",
+                  quantized: QuantizedTorchGraph | None = None) -> TfliteExportResult:
+    if io_dtype not in ("float", "int8"):
+        raise GzsqError(f"unknown TFLite I/O type {io_dtype!r}; use float or int8")
+    quantized = quantized or quantized_torch_graph(graph_model, ranges)
+    data = _convert(quantized.converted, quantized.graph.example_input, quantized.quantizer)
+    if io_dtype == "float":
+        data = _add_float_io(data)
+    scheme = ("int8 asymmetric per-tensor activations (ranges.json grid), int8 symmetric per-channel weights, "
+              f"{io_dtype} I/O; XNNPACK int8 kernels accumulate in int32")
+    data = _with_metadata(data, {"gzsq.ranges_sha256": sha256_bytes(json.dumps(ranges, sort_keys=True).encode()),
+                                 "gzsq.model_sha256": ranges.get("model_sha256", ""), "gzsq.scheme": scheme,
+                                 "gzsq.io_dtype": io_dtype})
+    with atomic_path(out_path) as tmp_path:
+        tmp_path.write_bytes(data)
+    return TfliteExportResult(Path(out_path), 8, scheme, sorted(set(quantized.quantized)), io_dtype, quantized.shared)
+
+
+def export_tflite_float(graph_model: onnx.ModelProto, out_path: str | Path) -> Path:
+    """The FP32 .tflite of the same graph (the runtime's own float reference)."""
+    from gzsq.torch_graph import export_torch_graph
+
+    with _quiet():
+        graph = export_torch_graph(graph_model, batch=1)
+    data = _convert(graph.module, graph.example_input)
+    with atomic_path(out_path) as tmp_path:
+        tmp_path.write_bytes(data)
+    return Path(out_path)
+
+
+def _with_metadata(tflite_bytes: bytes, entries: dict[str, str]) -> bytes:
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(tflite_bytes, 0)
+    model.metadata = list(model.metadata or [])
+    for key, value in entries.items():
+        buffer = schema.BufferT()
+        buffer.data = list(value.encode())
+        model.buffers.append(buffer)
+        meta = schema.MetadataT()
+        meta.name = key
+        meta.buffer = len(model.buffers) - 1
+        model.metadata.append(meta)
+    builder = flatbuffers.Builder(len(tflite_bytes) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_metadata(tflite_bytes: bytes) -> dict[str, str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(tflite_bytes, 0)
+    out = {}
+    for meta in model.metadata or []:
+        name = meta.name.decode() if isinstance(meta.name, bytes) else meta.name
+        if name.startswith("gzsq."):
+            out[name] = bytes(model.buffers[meta.buffer].data).decode()
+    return out
+
+
+class TfliteExporter:
+    """Entry point `tflite` of the gzsq.exporters group."""
+
+    format = "tflite"
+    suffix = ".tflite"
+    runtime = "litert"
+
+    def __init__(self) -> None:
+        self._quantized: dict[str, QuantizedTorchGraph] = {}
+
+    def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto",
+               io_dtype: str = "float") -> TfliteExportResult:
+        return export_tflite(graph_model, ranges, out_path, io_dtype, self._quantized_graph(graph_model, ranges))
+
+    def describe(self, artifact: str | Path) -> str:
+        return read_metadata(Path(artifact).read_bytes()).get("gzsq.scheme", "not exported by gzsq (no gzsq.scheme metadata)")
+
+    def export_float(self, graph_model: onnx.ModelProto, out_path: str | Path) -> Path:
+        return export_tflite_float(graph_model, out_path)
+
+    def simulator(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path):
+        """Fake-quant simulation of the artifact: its PT2E graph run in torch."""
+        return self._quantized_graph(graph_model, ranges).simulate
+
+    def _quantized_graph(self, graph_model: onnx.ModelProto, ranges: dict) -> QuantizedTorchGraph:
+        key = sha256_bytes(json.dumps(ranges, sort_keys=True).encode())
+        if key not in self._quantized:
+            self._quantized[key] = quantized_torch_graph(graph_model, ranges)
+        return self._quantized[key]

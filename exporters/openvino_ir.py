@@ -88,7 +88,7 @@ class OpenVinoExporter:
 
     def describe(self, artifact: str | Path) -> str:
         model = _openvino().Core().read_model(str(artifact))
-        return str(model.get_rt_info(["gzsq", "scheme"])) if model.has_rt_info(["gzsq", "scheme"]) else \
+        return model.get_rt_info(["gzsq", "scheme"]).astype(str) if model.has_rt_info(["gzsq", "scheme"]) else \
             "not exported by gzsq (no gzsq scheme in rt_info)"
 
     def export_float(self, graph_model: onnx.ModelProto, out_path: str | Path) -> Path:

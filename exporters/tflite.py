@@ -14,13 +14,9 @@ own rules.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +25,7 @@ import onnx
 
 from gzsq.errors import GzsqError
 from gzsq.fileio import atomic_path, sha256_bytes
+from gzsq.runtime_api import quiet_native as _quiet
 
 # aten ops litert-torch's stock quantizer can leave in float (chained residual adds, a Clip that
 # is not fused into its conv, pooling/reshape tails). Each is annotated here so no float island
@@ -49,20 +46,10 @@ class TfliteExportResult:
     quantized_tensors: list[str]
     io_dtype: str
     shared: dict[str, str] = field(default_factory=dict)
+    float_ops: list[str] = field(default_factory=list)  # ops left in float (0 for the zoo models)
 
 
-def _quiet():
-    """litert-torch and absl print conversion progress to stdout/stderr; keep the CLI readable."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    for name in ("absl", "torch", "torchao", "litert_torch", "jax"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    return stack
-
-
-def _full_int8_quantizer():
+def _full_int8_quantizer(has_onnx_name=lambda node: True):
     import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
@@ -79,9 +66,11 @@ def _full_int8_quantizer():
         def annotate(self, model):
             model = super().annotate(model)
             for node in model.graph.nodes:
-                if node.op != "call_function" or str(node.target) not in targets:
+                # Only values that are ONNX tensors can be given a ranges.json range; an aten node
+                # inside a converted op (e.g. the mul of a decomposed HardSigmoid) is left alone.
+                if node.op != "call_function" or str(node.target) not in targets or not has_onnx_name(node):
                     continue
-                inputs = {a: act_spec for a in node.args if float_activation(a)}
+                inputs = {a: act_spec for a in node.args if float_activation(a) and has_onnx_name(a)}
                 annotation = node.meta.get("quantization_annotation")
                 # The stock annotator marks chained adds "annotated" without quantizing them.
                 if (annotation is not None and annotation.output_qspec is not None
@@ -89,7 +78,7 @@ def _full_int8_quantizer():
                     continue
                 node.meta["quantization_annotation"] = QuantizationAnnotation(
                     input_qspec_map=inputs, output_qspec=act_spec, _annotated=True)
-            _fuse_activations(model)
+            _fuse_activations(model, act_spec)
             return model
 
     return FullInt8Quantizer().set_global(config)
@@ -115,7 +104,7 @@ def _fusable(node) -> bool:
     return bounds in _TFLITE_FUSED_RANGES or (bounds[0] == 0.0 and bounds[1] is None)
 
 
-def _fuse_activations(model) -> None:
+def _fuse_activations(model, act_spec) -> None:
     for node in model.graph.nodes:
         if node.op != "call_function" or not node.args or not _fusable(node):
             continue
@@ -129,6 +118,8 @@ def _fuse_activations(model) -> None:
             continue
         producer.output_qspec = None
         consumer.input_qspec_map.pop(source, None)
+        if type(consumer.output_qspec).__name__ == "SharedQuantizationSpec":  # it pointed at the producer
+            consumer.output_qspec = act_spec
 
 
 def _fixed_observer(scale, zero_point, per_channel: bool, ch_axis: int = 0):
@@ -156,6 +147,18 @@ def _fixed_observer(scale, zero_point, per_channel: bool, ch_axis: int = 0):
     return FixedObserver()
 
 
+def _constant_observer(values: np.ndarray, old):
+    import torch
+
+    if getattr(old, "qscheme", None) in (torch.per_channel_symmetric, torch.per_channel_affine):
+        axis = int(old.ch_axis)
+        absmax = np.abs(np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)).max(1)
+        return _fixed_observer(np.maximum(absmax, 1e-12) / 127.0, np.zeros(len(absmax), np.int32), True, axis)
+    low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    scale = max(high - low, 1e-8) / 255.0
+    return _fixed_observer(scale, int(np.clip(np.round(-low / scale), 0, 255)) - 128, False)
+
+
 def int8_params(entry: dict) -> tuple[float, int]:
     """ranges.json's uint8 (scale, zero_point) as int8: same scale, zero_point − 128."""
     return float(np.float32(entry["scale"])), int(entry["zero_point"]) - 128
@@ -173,14 +176,17 @@ def _install_ranges(prepared, graph, ranges: dict) -> tuple[list[str], dict[str,
         old = getattr(prepared, node.target)
         if observed.op == "get_attr":  # a weight: owner submodule's ONNX node, input 1
             name = _weight_name(graph, observed)
-            if name is None or name not in weights:
-                raise GzsqError(f"weight {observed.target!r} has no entry in ranges.json; recreate it with `gzsq calibrate`")
-            entry = weights[name]
-            axis = int(getattr(old, "ch_axis", 0))
-            scale = np.asarray(entry["scale"], np.float32)
             weight = prepared
             for part in str(observed.target).split("."):
                 weight = getattr(weight, part)
+            if name is None or name not in weights:
+                # A constant operand (e.g. a Fixup scale or bias added to activations): its values
+                # are its range, so it is quantized from them, not from calibration.
+                setattr(prepared, node.target, _constant_observer(weight.detach().numpy(), old))
+                continue
+            entry = weights[name]
+            axis = int(getattr(old, "ch_axis", 0))
+            scale = np.asarray(entry["scale"], np.float32)
             if weight.shape[axis] != scale.size:
                 raise GzsqError(f"weight {name!r}: ranges.json has {scale.size} channels, the graph {weight.shape[axis]}; "
                                 "recreate ranges.json with `gzsq calibrate` on this model")
@@ -304,6 +310,8 @@ def _remap_signature(signature, graph) -> None:
 
 def _litert():
     try:
+        with _quiet():
+            import litert_torch  # noqa: F401  (import prints C++ and absl notices)
         import litert_torch
         from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -343,12 +351,15 @@ def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict) -> Quantiz
     from gzsq.torch_graph import export_torch_graph
 
     _, _, prepare_pt2e, convert_pt2e = _litert()
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
     with _quiet():
         graph = export_torch_graph(graph_model, batch=1)
-        quantizer = _full_int8_quantizer()
+        quantizer = _full_int8_quantizer(lambda node: graph.tensor_name(node) is not None)
         prepared = prepare_pt2e(graph.module, quantizer)
         quantized, shared = _install_ranges(prepared, graph, ranges)
         converted = convert_pt2e(prepared, fold_quantize=False)
+        move_exported_model_to_eval(converted)
     return QuantizedTorchGraph(graph, quantizer, converted, quantized, shared)
 
 
@@ -381,7 +392,9 @@ def export_tflite(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Pa
                                  "gzsq.io_dtype": io_dtype})
     with atomic_path(out_path) as tmp_path:
         tmp_path.write_bytes(data)
-    return TfliteExportResult(Path(out_path), 8, scheme, sorted(set(quantized.quantized)), io_dtype, quantized.shared)
+    _, float_ops = float_op_count(data)
+    return TfliteExportResult(Path(out_path), 8, scheme, sorted(set(quantized.quantized)), io_dtype, quantized.shared,
+                              float_ops)
 
 
 def export_tflite_float(graph_model: onnx.ModelProto, out_path: str | Path) -> Path:

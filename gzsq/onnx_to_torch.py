@@ -137,6 +137,18 @@ def _register_extensions() -> None:
     def mish(node, graph):
         return OperationConverterResult(torch_module=nn.Mish(), onnx_mapping=onnx_mapping_from_node(node))
 
+    def hard_sigmoid(node, graph):
+        # torch's Hardsigmoid is exactly ONNX HardSigmoid(alpha=1/6, beta=0.5): keeping it one
+        # aten op lets exporters quantize it as one tensor (onnx2torch would decompose it).
+        alpha, beta = node.attributes.get("alpha", 0.2), node.attributes.get("beta", 0.5)
+        if abs(alpha - 1 / 6) < 1e-6 and abs(beta - 0.5) < 1e-6:
+            return OperationConverterResult(torch_module=nn.Hardsigmoid(), onnx_mapping=onnx_mapping_from_node(node))
+        return previous_hard_sigmoid(node, graph)
+
+    previous_hard_sigmoid = registry._CONVERTER_REGISTRY[registry.OperationDescription("", "HardSigmoid", 6)]
+    for version in (1, 6):
+        registry._CONVERTER_REGISTRY[registry.OperationDescription("", "HardSigmoid", version)] = hard_sigmoid
+
     def cast_like(node, graph):
         return OperationConverterResult(torch_module=_CastLike(), onnx_mapping=onnx_mapping_from_node(node))
 

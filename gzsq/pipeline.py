@@ -96,6 +96,11 @@ def run_pipeline(model: LoadedModel, domain: InputDomain, config: RunConfig, out
         timings[f"check_{fmt}_s"] = time.time() - t
         artifacts[fmt] = {**entry, "scheme": result.scheme, "weight_bits": result.weight_bits,
                           "quantized_tensors": len(result.quantized_tensors)}
+        if hasattr(result, "float_ops"):
+            artifacts[fmt]["float_ops"] = list(result.float_ops)
+            if result.float_ops:
+                log(f"      note: {len(result.float_ops)} op(s) stay in float in {result.path.name}: "
+                    f"{', '.join(sorted(set(result.float_ops)))}")
     report = {
         "gzsq_version": __version__, "model": model.name, "model_sha256": model.sha256,
         "input_shape": list(model.input_shape), "domain": domain.to_dict(),

@@ -183,8 +183,11 @@ def _html(report: dict, images, ranges) -> str:
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px}th{background:#f3f3f3}figure{margin:1.5em 0}"
              ".fail{color:#b00;font-weight:bold}.pass{color:#070;font-weight:bold}")
+    # Marks each decoded plot with its pixel size: lets a headless browser prove the plots render.
+    script = ("<script>window.addEventListener('load',function(){document.querySelectorAll('figure img').forEach("
+              "function(i){i.setAttribute('data-rendered',i.naturalWidth+'x'+i.naturalHeight)})})</script>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>gzsq report: {html.escape(report['model'])}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+            f"<style>{style}</style></head><body>{''.join(body)}{script}</body></html>\n")
 
 
 def _md_tables_to_html(md: str) -> str:

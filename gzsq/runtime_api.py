@@ -7,8 +7,13 @@ batches when the artifact has a fixed batch size.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -84,3 +89,29 @@ def file_size_bytes(path: str | Path) -> int:
 
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def quiet_native():
+    """Mute stdout/stderr at the file-descriptor level: litert-torch, torchao, absl and LiteRT
+    print progress and import notices from C++ that Python redirection cannot catch. Errors are
+    exceptions, raised after the descriptors are restored."""
+    for name in ("absl", "torch", "torchao", "litert_torch", "jax", None):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [devnull]:
+            os.close(fd)

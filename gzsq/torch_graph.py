@@ -12,6 +12,7 @@ How the correspondence is built, so it never depends on guessing:
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import onnx
@@ -119,6 +120,8 @@ def export_torch_graph(graph_model: onnx.ModelProto, batch: int = 1) -> TorchExp
     try:
         program = torch.export.export(module, (example,))
     except Exception as e:  # torch.export errors are long; keep the first line
+        if os.environ.get("GZSQ_DEBUG"):
+            raise
         raise GzsqError(f"torch.export cannot trace the converted graph ({type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0][:200]}); this op pattern is not supported by the torch-based exporters") from None
     return TorchExportGraph(static, program.module(), example, inputs[0].name, node_outputs)

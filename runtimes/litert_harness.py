@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from gzsq.errors import GzsqError
-from gzsq.runtime_api import dequantize, measure_latency, quantize, run_in_batches, to_layout
+from gzsq.runtime_api import dequantize, measure_latency, quantize, quiet_native, run_in_batches, to_layout
 
 
 def _interpreter_class():
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        with quiet_native():
+            from ai_edge_litert.interpreter import Interpreter
         return Interpreter, "ai-edge-litert"
     except ImportError:
         pass
@@ -38,8 +39,9 @@ class LiteRtHarness:
             from ai_edge_litert.interpreter import OpResolverType
             kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            self.interpreter = interpreter_class(model_path=str(model), **kwargs)
-            self.interpreter.allocate_tensors()
+            with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate" from C++
+                self.interpreter = interpreter_class(model_path=str(model), **kwargs)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise GzsqError(f"LiteRT cannot load {model} ({str(e).splitlines()[0][:160]}); is it a .tflite file?") from None
         self.threads = threads

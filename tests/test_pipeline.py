@@ -65,12 +65,18 @@ def test_unseen_onnx_file_quantizes_within_half_a_point(tmp_path, trained_fmnist
 @pytest.mark.parametrize("name", ["fmnist_resnet_bn", "fmnist_resnet_bn_folded", "fmnist_resnet_fixup",
                                   "fmnist_vgg_nobn", "fmnist_mobilenet_v2", "fmnist_dncnn"])
 def test_zoo_model_within_tolerance(tmp_path, name):
+    """Issues 2 and 3: in every runtime, int8 within 0.5 pt of FP32 on the 10k test images (0.5 dB
+    for the denoiser) and ≥ 99.5 % top-1 agreement with the simulation of the same artifact."""
     out = tmp_path / name
-    assert main(["run", f"zoo:{name}", "-o", str(out)]) == 0
-    e = _top1(json.loads((out / "report.json").read_text()))
-    if "fp32_psnr_db" in e:
-        assert e["fp32_psnr_db"] - e["int8_psnr_db"] <= 0.5
-    else:
-        assert e["images"] == 10000
-        assert e["fp32_top1_pct"] - e["int8_top1_pct"] <= 0.5
-        assert e["runtime_vs_simulation_agreement_pct"] >= 99.5
+    assert main(["run", f"zoo:{name}", "--formats", "onnx,tflite,openvino", "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["artifacts"]) == {"onnx", "tflite", "openvino"}
+    assert report["artifacts"]["tflite"]["float_ops"] == []
+    for fmt in report["artifacts"]:
+        e = _top1(report, fmt)
+        if e["metric"] == "psnr":
+            assert e["fp32_psnr_db"] - e["int8_psnr_db"] <= 0.5, fmt
+        else:
+            assert e["images"] == 10000
+            assert e["fp32_top1_pct"] - e["int8_top1_pct"] <= 0.5, fmt
+            assert e["runtime_vs_simulation_agreement_pct"] >= 99.5, fmt

@@ -1,0 +1,186 @@
+"""TFLite and OpenVINO artifacts: scales read back from the files equal ranges.json, the TFLite
+graph is fully int8, each runtime agrees with the simulation of its own artifact within one
+output quantization step, and `gzsq run/verify` write the report and gate on --max-drop."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import export_legacy
+from gzsq.cli import main
+from gzsq.config import CalibrationConfig, DistillConfig, InputDomain
+from gzsq.distill import distill
+from gzsq.models import load_model
+from gzsq.ranges import build_ranges, prepare_for_quantization, save_ranges
+from gzsq.verify import EvalSet, verify_artifact
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("litert_torch")
+pytest.importorskip("openvino")
+
+
+class ResidualChain(nn.Module):
+    """Chained residual adds and ReLU6 (MobileNetV2's pattern the stock quantizer leaves in float)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU6(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                                                  nn.ReLU6(), nn.Conv2d(16, 8, 1)) for _ in range(3))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.clamp(self.stem(x), 0, 6)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def residual(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("residual")
+    export_legacy(ResidualChain().eval(), out / "residual.onnx", shape=(1, 3, 12, 12))
+    model = load_model(str(out / "residual.onnx"))
+    cal = distill(model, DistillConfig(method="gzsq", samples=16, batch_size=8, max_steps=10), InputDomain(), progress=False)
+    ranges = build_ranges(model, cal, CalibrationConfig(), progress=False)
+    save_ranges(ranges, out / "ranges.json")
+    return model, ranges, out
+
+
+def _tflite_tensors(path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    graph = model.subgraphs[0]
+    return model, graph, schema
+
+
+def test_tflite_scales_equal_ranges_and_graph_is_fully_int8(residual):
+    from gzsq.exporters.tflite import export_tflite, float_op_count, int8_params
+
+    model, ranges, out = residual
+    result = export_tflite(prepare_for_quantization(model), ranges, out / "m.tflite")
+    data = (out / "m.tflite").read_bytes()
+    count, ops = float_op_count(data)
+    assert count == 0, ops
+    assert result.float_ops == []
+    grid = {int8_params(t) for t in ranges["tensors"].values()}
+    _, graph, schema = _tflite_tensors(out / "m.tflite")
+    activations = [t for t in graph.tensors if t.type == schema.TensorType.INT8 and t.quantization is not None
+                   and t.quantization.scale is not None and len(t.quantization.scale) == 1]
+    assert len(activations) >= 10
+    for t in activations:
+        params = (float(np.float32(t.quantization.scale[0])), int(t.quantization.zeroPoint[0]))
+        assert params in grid, (t.name, params)
+    # Model input and output carry exactly the ranges.json parameters of those tensors.
+    first = graph.tensors[graph.operators[0].outputs[0]]
+    assert (float(np.float32(first.quantization.scale[0])), int(first.quantization.zeroPoint[0])) == \
+        int8_params(ranges["tensors"][model.onnx_model.graph.input[0].name])
+    last = graph.tensors[graph.operators[-1].inputs[0]]
+    assert (float(np.float32(last.quantization.scale[0])), int(last.quantization.zeroPoint[0])) == \
+        int8_params(ranges["tensors"][model.onnx_model.graph.output[0].name])
+    # Weights: int8 per-channel with the ranges.json scales.
+    weight_scales = [np.asarray(w["scale"], np.float32) for w in ranges["weights"].values()]
+    per_channel = [t for t in graph.tensors if t.type == schema.TensorType.INT8 and t.quantization is not None
+                   and t.quantization.scale is not None and len(t.quantization.scale) > 1]
+    assert per_channel
+    for t in per_channel:
+        assert any(len(s) == len(t.quantization.scale) and np.array_equal(s, np.asarray(t.quantization.scale, np.float32))
+                   for s in weight_scales), t.name
+
+
+def test_tflite_int8_io_matches_float_io(residual):
+    from gzsq.exporters.tflite import export_tflite
+    from gzsq.runtimes.litert_harness import LiteRtHarness
+
+    model, ranges, out = residual
+    export_tflite(prepare_for_quantization(model), ranges, out / "f.tflite", io_dtype="float")
+    export_tflite(prepare_for_quantization(model), ranges, out / "i.tflite", io_dtype="int8")
+    int8_rt = LiteRtHarness(out / "i.tflite")
+    assert int8_rt.input["dtype"] == np.int8 and int8_rt.output["dtype"] == np.int8
+    x = np.random.default_rng(1).standard_normal((6, 3, 12, 12)).astype(np.float32)
+    step = ranges["tensors"][model.onnx_model.graph.output[0].name]["scale"]
+    np.testing.assert_allclose(int8_rt.run(x), LiteRtHarness(out / "f.tflite").run(x), atol=step * 1.01)
+
+
+def test_openvino_fake_quantize_limits_equal_ranges(residual):
+    from gzsq.exporters.openvino_ir import export_openvino, fake_quantize_limits
+
+    model, ranges, out = residual
+    export_openvino(prepare_for_quantization(model), ranges, out / "m.xml")
+    assert (out / "m.bin").is_file()
+    limits = fake_quantize_limits(out / "m.xml")
+    assert len(limits) >= 10
+    grid = [((0 - t["zero_point"]) * t["scale"], (255 - t["zero_point"]) * t["scale"]) for t in ranges["tensors"].values()]
+    for fq in limits:
+        assert fq["levels"] == 256
+        low, high = float(fq["output_low"].ravel()[0]), float(fq["output_high"].ravel()[0])
+        assert any(abs(low - a) <= 1e-6 * max(1, abs(a)) and abs(high - b) <= 1e-6 * max(1, abs(b)) for a, b in grid), fq["name"]
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "openvino"])
+def test_runtime_agrees_with_simulation_within_one_step(residual, fmt):
+    """Brevitas-style: the runtime's int8 kernels against the fake-quant simulation of the same file."""
+    from gzsq.plugins import get_exporter
+
+    model, ranges, out = residual
+    graph = prepare_for_quantization(model)
+    exporter = get_exporter(fmt)
+    result = exporter.export(graph, ranges, out / f"p{exporter.suffix}")
+    x = np.random.default_rng(2).standard_normal((32, 3, 12, 12)).astype(np.float32)
+    entry = verify_artifact(fmt, result.path, graph, ranges, [EvalSet(x, None, "agreement", "noise")], threads=1)
+    row = entry["evaluations"][0]
+    assert row["output_error_steps_p99"] <= 1.0 + 1e-5
+    assert row["output_error_steps_max"] <= 3.0 + 1e-5
+    assert row["runtime_vs_simulation_agreement_pct"] >= 90
+
+
+def test_run_three_formats_report_and_gate(tmp_path, tiny_onnx):
+    rng = np.random.default_rng(0)
+    eval_npz = tmp_path / "eval.npz"
+    np.savez(eval_npz, images=rng.standard_normal((16, 1, 16, 16)).astype(np.float32), labels=rng.integers(0, 10, 16))
+    out = tmp_path / "out"
+    args = ["run", str(tiny_onnx), "--formats", "onnx,tflite,openvino", "--samples", "8", "--steps", "3",
+            "--eval-data", str(eval_npz), "-o", str(out)]
+    assert main(args + ["--max-drop", "100"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"model_int8.onnx", "model_int8.tflite", "model_int8.xml", "model_int8.bin", "report.json", "report.md",
+            "report.html"} <= names
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["artifacts"]) == {"onnx", "tflite", "openvino"} and report["gate"]["passed"]
+    for entry in report["artifacts"].values():
+        assert entry["latency_batch1"]["int8_p50_ms"] > 0 and entry["size_bytes"] > 0
+    html = (out / "report.html").read_text()
+    for plot in ("accuracy", "latency", "ranges", "images"):
+        assert f'id="plot-{plot}"' in html
+    assert html.count("data:image/png;base64,") == 4
+    # An impossible gate fails with its own exit code, and the report is still written.
+    (out / "report.json").unlink()
+    assert main(args + ["--max-drop", "-1"]) == 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["gate"]["passed"] is False and len(report["gate"]["failures"]) == 3
+
+    # gzsq verify on the artifacts just written: same checks, its own report directory.
+    verify_out = tmp_path / "verify"
+    assert main(["verify", str(tiny_onnx), str(out / "model_int8.tflite"), str(out / "model_int8.xml"),
+                 "--eval-data", str(eval_npz), "-o", str(verify_out)]) == 0
+    verified = json.loads((verify_out / "report.json").read_text())
+    assert set(verified["artifacts"]) == {"tflite", "openvino"}
+    assert "per-channel" in verified["artifacts"]["tflite"]["scheme"]
+
+
+def test_verify_bad_inputs(tmp_path, tiny_onnx, capsys):
+    bogus = tmp_path / "model.engine"
+    bogus.write_bytes(b"xx")
+    assert main(["verify", str(tiny_onnx), str(bogus), "-o", str(tmp_path / "v")]) == 2
+    assert "unknown artifact format" in capsys.readouterr().err
+    lonely = tmp_path / "lonely.xml"
+    lonely.write_text("<net/>")
+    assert main(["verify", str(tiny_onnx), str(lonely), "-o", str(tmp_path / "v")]) == 2
+    assert "lonely.bin" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()

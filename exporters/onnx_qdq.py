@@ -113,6 +113,14 @@ class OnnxQdqExporter:
         return qdq_simulator(artifact)
 
 
+    def layer_parity(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path, images: np.ndarray) -> dict:
+        from gzsq.layer_parity import qdq_layer_parity
+        from gzsq.runtimes.onnxruntime_harness import OnnxRuntimeHarness
+
+        return qdq_layer_parity(artifact, images, lambda p: OnnxRuntimeHarness(p).run,
+                                lambda p: OnnxRuntimeHarness(p, simulate=True).run)
+
+
 def qdq_simulator(qdq_path: str | Path):
     from gzsq.runtimes.onnxruntime_harness import OnnxRuntimeHarness
 

@@ -103,6 +103,18 @@ class OpenVinoExporter:
             staged.replace(out_path)
         return out_path
 
+    def layer_parity(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path, images: np.ndarray) -> dict:
+        """Cuts of the QDQ ONNX the IR comes from, each compiled by OpenVINO (its ONNX frontend is
+        the one convert_model uses) and run against the simulation of the same cut."""
+        from gzsq.layer_parity import qdq_layer_parity
+        from gzsq.runtimes.onnxruntime_harness import OnnxRuntimeHarness
+        from gzsq.runtimes.openvino_harness import OpenVinoHarness
+
+        with tempfile.TemporaryDirectory(prefix="gzsq-ov-layers-") as tmp:
+            qdq = export_onnx_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", getattr(self, "_target", "auto"))
+            return qdq_layer_parity(qdq.path, images, lambda p: OpenVinoHarness(p).run,
+                                    lambda p: OnnxRuntimeHarness(p, simulate=True).run)
+
     def simulator(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path):
         """Fake-quant simulation of the artifact: the QDQ ONNX it was converted from, with ORT's
         graph optimisations off (QuantizeLinear/DequantizeLinear in float)."""

@@ -355,12 +355,28 @@ def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict) -> Quantiz
 
     with _quiet():
         graph = export_torch_graph(graph_model, batch=1)
+        _break_splat_biases(graph.module)
         quantizer = _full_int8_quantizer(lambda node: graph.tensor_name(node) is not None)
         prepared = prepare_pt2e(graph.module, quantizer)
         quantized, shared = _install_ranges(prepared, graph, ranges)
         converted = convert_pt2e(prepared, fold_quantize=False)
         move_exported_model_to_eval(converted)
     return QuantizedTorchGraph(graph, quantizer, converted, quantized, shared)
+
+
+def _break_splat_biases(module) -> None:
+    """The TFLite converter stores a bias whose channels are all equal as a splat constant and
+    then quantizes it with one scale instead of input_scale × weight_scale[c] per channel (seen
+    with Fixup scalar biases folded into a conv). Moving one channel by one float ulp keeps the
+    constant dense; the change is 1e-7 relative, and the simulation uses the same value."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name.endswith("bias") and param.numel() > 1 and bool((param == param.reshape(-1)[0]).all()) \
+                    and float(param.reshape(-1)[0]) != 0.0:
+                flat = param.view(-1)
+                flat[-1] = torch.nextafter(flat[-1], torch.tensor(float("inf")))
 
 
 def _convert(module, example, quantizer=None) -> bytes:
@@ -440,6 +456,78 @@ def read_metadata(tflite_bytes: bytes) -> dict[str, str]:
     return out
 
 
+def tflite_layer_parity(quantized: QuantizedTorchGraph, artifact: str | Path, images: np.ndarray, ranges: dict) -> dict:
+    """Every int8 tensor of the .tflite (LiteRT's built-in kernels, which keep intermediates; the
+    XNNPACK delegate does not) against the same tensor of the PT2E simulation. TFLite tensor
+    names carry the torch submodule path, hence `gzsq_n<index>`: the ONNX node they come from."""
+    import re
+
+    import torch
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from gzsq.layer_parity import listed_layer_parity
+
+    graph = quantized.graph
+    simulated: dict[str, list] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node.op == "call_function" and str(node.target).endswith("quantize_per_tensor.default") \
+                    and "dequantize" not in str(node.target):
+                name = graph.tensor_name(node.args[0])
+                if name is not None:
+                    simulated.setdefault(name, []).append(out.detach().numpy().astype(np.int32))
+            return out
+
+    with _quiet():
+        interpreter = Interpreter(model_path=str(artifact), experimental_preserve_all_tensors=True,
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter.allocate_tensors()
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    input_detail = interpreter.get_input_details()[0]
+    order = [int(i) for op in interpreter._get_ops_details() for i in op["outputs"]]
+    pairs: dict[int, list] = {}
+    for image in images:
+        x = image[None].astype(np.float32)
+        simulated.clear()
+        with torch.no_grad():
+            Recorder(quantized.converted).run(torch.from_numpy(x))
+        feed = x
+        if input_detail["dtype"] != np.float32:
+            from gzsq.runtime_api import quantize
+            feed = quantize(x, *input_detail["quantization"], input_detail["dtype"])
+        interpreter.set_tensor(input_detail["index"], feed)
+        interpreter.invoke()
+        for index in order:
+            d = details[index]
+            if d["dtype"] != np.int8 or not d["quantization"][0]:
+                continue
+            nodes = [int(k) for k in re.findall(r"gzsq_n(\d+)", d["name"])]
+            if not nodes:
+                continue
+            # A fused TFLite op names all the nodes it absorbed: take the one whose range it carries.
+            scale, zero_point = float(np.float32(d["quantization"][0])), int(d["quantization"][1])
+            candidates = [graph.graph_model.graph.node[k].output[0] for k in sorted(set(nodes), reverse=True)]
+            named = [n for n in candidates if n in ranges["tensors"] and int8_params(ranges["tensors"][n]) == (scale, zero_point)]
+            if not named:
+                continue
+            outputs = named
+            values = simulated.get(outputs[0])
+            runtime = interpreter.get_tensor(index).astype(np.int32)
+            if not values or values[-1].size != runtime.size:
+                continue
+            sim = values[-1]
+            if sim.ndim == 4 and runtime.ndim == 4 and sim.shape != runtime.shape:
+                sim = sim.transpose(0, 2, 3, 1)
+            entry = pairs.setdefault(index, [outputs[0], [], [], float(d["quantization"][0])])
+            entry[1].append(runtime.reshape(-1))
+            entry[2].append(sim.reshape(-1))
+    ordered = [pairs[i] for i in order if i in pairs]
+    return listed_layer_parity((name, np.concatenate(r) * step, np.concatenate(s) * step, step)
+                               for name, r, s, step in ordered)
+
+
 class TfliteExporter:
     """Entry point `tflite` of the gzsq.exporters group."""
 
@@ -463,6 +551,9 @@ class TfliteExporter:
     def simulator(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path):
         """Fake-quant simulation of the artifact: its PT2E graph run in torch."""
         return self._quantized_graph(graph_model, ranges).simulate
+
+    def layer_parity(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path, images: np.ndarray) -> dict:
+        return tflite_layer_parity(self._quantized_graph(graph_model, ranges), artifact, images, ranges)
 
     def _quantized_graph(self, graph_model: onnx.ModelProto, ranges: dict) -> QuantizedTorchGraph:
         key = sha256_bytes(json.dumps(ranges, sort_keys=True).encode())

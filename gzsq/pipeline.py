@@ -23,6 +23,9 @@ from gzsq.report import summarise, write_reports  # noqa: F401  (summarise is re
 from gzsq.verify import EvalSet, apply_gate, check_eval_shape, verify_artifact
 
 
+LAYER_IMAGES = 4  # images for the per-layer runtime-vs-simulation scan (it runs each cut model)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -92,7 +95,7 @@ def run_pipeline(model: LoadedModel, domain: InputDomain, config: RunConfig, out
         t = time.time()
         log(f"[4/4] checking {result.path.name} in {exporter.runtime}")
         entry = verify_artifact(fmt, result.path, graph_model, ranges, sets, config.threads, work_dir=out,
-                                latency_sample=sample)
+                                latency_sample=sample, layer_images=sets[-1].images[:LAYER_IMAGES])
         timings[f"check_{fmt}_s"] = time.time() - t
         artifacts[fmt] = {**entry, "scheme": result.scheme, "weight_bits": result.weight_bits,
                           "quantized_tensors": len(result.quantized_tensors)}
@@ -164,7 +167,8 @@ def verify_artifacts(model: LoadedModel, domain: InputDomain, artifacts: list[st
     for fmt, artifact in zip(formats, artifacts):
         t = time.time()
         key = fmt if fmt not in report["artifacts"] else f"{fmt}:{Path(artifact).name}"
-        entry = verify_artifact(fmt, artifact, graph_model, ranges, sets, threads, work_dir=out, latency_sample=sample)
+        entry = verify_artifact(fmt, artifact, graph_model, ranges, sets, threads, work_dir=out, latency_sample=sample,
+                                layer_images=sets[-1].images[:LAYER_IMAGES])
         exporter = get_exporter(fmt)
         entry["scheme"] = getattr(exporter, "describe", lambda p: "as exported")(artifact)
         report["artifacts"][key] = entry

@@ -41,8 +41,76 @@ def prepare_for_quantization(model: LoadedModel) -> onnx.ModelProto:
         except Exception:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         prepared = onnx.load(str(dst))
+    prepared = fold_constant_affine_into_conv(prepared)
     model._prepared = prepared
     return prepared
+
+
+def fold_constant_affine_into_conv(graph_model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold a constant Mul/Add that follows a Conv (per output channel or scalar) into the Conv's
+    weights and bias. Exact in float; int8 then rounds once where it would round twice (Fixup
+    nets put scalar scales and biases after their convolutions, which ORT's fusions skip)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(graph_model)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    removed = set()
+    for conv in list(graph.node):
+        if conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in inits:
+            continue
+        while True:
+            out = conv.output[0]
+            users = consumers.get(out, [])
+            if out in outputs or len(users) != 1 or users[0].op_type not in ("Add", "Mul"):
+                break
+            op = users[0]
+            other = op.input[1] if op.input[0] == out else op.input[0]
+            if other not in inits or id(op) in removed:
+                break
+            weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float32)
+            channels = weight.shape[0]
+            const = numpy_helper.to_array(inits[other]).astype(np.float32)
+            if const.size == 1:
+                per_channel = np.full(channels, float(const.reshape(-1)[0]), np.float32)
+            elif const.size == channels and const.shape[-2:] in ((1, 1),) and (const.ndim == 3 or
+                                                                              (const.ndim == 4 and const.shape[0] == 1)):
+                per_channel = const.reshape(channels)
+            else:
+                break
+            bias = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float32) if len(conv.input) > 2 and conv.input[2]
+                    else np.zeros(channels, np.float32))
+            if op.op_type == "Mul":
+                weight = weight * per_channel.reshape((-1,) + (1,) * (weight.ndim - 1))
+                bias = bias * per_channel
+            else:
+                bias = bias + per_channel
+            w_name, b_name = f"{conv.output[0]}__folded_w", f"{conv.output[0]}__folded_b"
+            graph.initializer.extend([numpy_helper.from_array(weight, w_name), numpy_helper.from_array(bias, b_name)])
+            inits[w_name], inits[b_name] = graph.initializer[-2], graph.initializer[-1]
+            conv.input[1] = w_name
+            if len(conv.input) > 2:
+                conv.input[2] = b_name
+            else:
+                conv.input.append(b_name)
+            conv.output[0] = op.output[0]  # the conv now computes the consumer's tensor (its name kept)
+            removed.add(id(op))
+            consumers[conv.output[0]] = consumers.get(op.output[0], [])
+    if not removed:
+        return graph_model
+    kept = [n for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for n in graph.node for name in n.input}
+    unused = [i for i in graph.initializer if i.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+    del graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model)
 
 
 def activation_tensors(graph_model: onnx.ModelProto) -> list[str]:

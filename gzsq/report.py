@@ -50,6 +50,12 @@ def summarise(report: dict) -> str:
             lines.append(f"    {row['source']} ({row['images']}): {label} fp32 {_fmt(_score(row, 'fp32'))}, "
                          f"int8 {_fmt(_score(row, 'int8'))} (simulated {_fmt(_score(row, 'simulated'))}), "
                          f"SNR {row['output_snr_db']:.1f} dB; {parity}")
+        layers = a.get("per_layer")
+        if layers:
+            first = layers["first_divergent_tensor"]
+            scope = "" if layers["complete"] else " (scan stopped at its time budget)"
+            lines.append(f"    per-layer: {layers['tensors_compared']} tensors compared{scope}; "
+                         + (f"first divergent tensor: {first}" if first else "no tensor diverges from the simulation"))
         lat = a.get("latency_batch1")
         if lat:
             lines.append(f"    latency batch 1, {lat['threads']} thread(s): fp32 {lat['fp32_p50_ms']:.2f} ms, "
@@ -89,6 +95,18 @@ def markdown(report: dict) -> str:
             out.append(f"| {fmt} | {lat['runtime']} | {lat['threads']} | {lat['fp32_p50_ms']:.2f} | {lat['int8_p50_ms']:.2f} | "
                        f"{lat['int8_p90_ms']:.2f} | {lat['int8_over_fp32']:.2f} | {a['fp32_size_bytes'] / 1e6:.2f} | "
                        f"{a['size_bytes'] / 1e6:.2f} |")
+    out += ["", "## Per-layer parity (runtime vs simulation, in quantization steps)", ""]
+    for fmt, a in report["artifacts"].items():
+        layers = a.get("per_layer")
+        if not layers:
+            continue
+        first = layers["first_divergent_tensor"]
+        out.append(f"- **{fmt}**: {layers['tensors_compared']} tensors compared; "
+                   + (f"first divergent tensor `{first}`" if first else "none diverges") + f" ({layers['rule']})")
+        worst = sorted(layers["tensors"], key=lambda r: -r["max_steps"])[:5]
+        if worst:
+            out.append("  - largest: " + ", ".join(f"`{r['tensor']}` max {r['max_steps']:.0f} / "
+                                                 f"{r['over_one_step_pct']:.1f}% > 1 step" for r in worst))
     out += ["", "## Quantization schemes", ""]
     for fmt, a in report["artifacts"].items():
         out.append(f"- **{fmt}**: {a['scheme']}")

@@ -63,7 +63,7 @@ def parity(runtime_out: np.ndarray, simulated_out: np.ndarray, step: float | Non
 
 def verify_artifact(fmt: str, artifact: str | Path, graph_model, ranges: dict, eval_sets: list[EvalSet],
                     threads: int | None = 1, work_dir: str | Path | None = None, latency_sample: np.ndarray | None = None,
-                    latency_repeats: int = 30) -> dict:
+                    latency_repeats: int = 30, layer_images: np.ndarray | None = None) -> dict:
     """Every check of one artifact, as a report entry."""
     exporter = get_exporter(fmt)
     harness = get_runtime(exporter.runtime)
@@ -87,6 +87,8 @@ def verify_artifact(fmt: str, artifact: str | Path, graph_model, ranges: dict, e
                    **_quality(ref, sim, eval_set, "simulated"), **parity(q, sim, step)}
             row.pop("fp32_top1_agreement_pct", None)
             entry["evaluations"].append(row)
+        if layer_images is not None and hasattr(exporter, "layer_parity"):
+            entry["per_layer"] = exporter.layer_parity(graph_model, ranges, artifact, layer_images)
         if latency_sample is not None:
             lat_f = fp32_rt.latency(latency_sample, repeats=latency_repeats)
             lat_q = int8_rt.latency(latency_sample, repeats=latency_repeats)

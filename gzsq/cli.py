@@ -144,7 +144,12 @@ def cmd_export(args) -> int:
     model = _load(args)
     ranges = load_ranges(args.ranges, model)
     exporter = get_exporter(args.format)
-    result = exporter.export(prepare_for_quantization(model), ranges, args.output, args.target)
+    options = {}
+    if args.io != "float":
+        if args.format != "tflite":
+            raise GzsqError(f"--io {args.io} applies to --format tflite only ({args.format} artifacts take float I/O)")
+        options["io_dtype"] = args.io
+    result = exporter.export(prepare_for_quantization(model), ranges, args.output, args.target, **options)
     print(f"wrote {result.path}: {len(result.quantized_tensors)} quantized activation tensors; {result.scheme}")
     return 0
 
@@ -221,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="int8 model with the scales of ranges.json")
     _add_model_args(p)
     p.add_argument("--ranges", required=True)
-    p.add_argument("--format", default="onnx", help="artifact format (installed exporters: onnx)")
+    p.add_argument("--format", default="onnx", help="artifact format: onnx (.onnx), tflite (.tflite), openvino (.xml)")
+    p.add_argument("--io", choices=("float", "int8"), default="float",
+                   help="tflite: float I/O (quantize/dequantize inside the model) or int8 I/O (default: %(default)s)")
     p.add_argument("--target", default="auto", help="auto (this CPU), x86-avx2, x86-vnni, arm64, generic")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_export)

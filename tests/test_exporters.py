@@ -165,6 +165,16 @@ def test_run_three_formats_report_and_gate(tmp_path, tiny_onnx):
     report = json.loads((out / "report.json").read_text())
     assert report["gate"]["passed"] is False and len(report["gate"]["failures"]) == 3
 
+    # int8 I/O is a TFLite option; asking it of another format is refused in one line.
+    int8_io = tmp_path / "int8_io.tflite"
+    assert main(["export", str(tiny_onnx), "--ranges", str(out / "ranges.json"), "--format", "tflite", "--io", "int8",
+                 "-o", str(int8_io)]) == 0
+    from gzsq.runtimes.litert_harness import LiteRtHarness
+    assert LiteRtHarness(int8_io).input["dtype"] == np.int8
+    assert main(["export", str(tiny_onnx), "--ranges", str(out / "ranges.json"), "--format", "onnx", "--io", "int8",
+                 "-o", str(tmp_path / "x.onnx")]) == 2
+    assert not (tmp_path / "x.onnx").exists()
+
     # gzsq verify on the artifacts just written: same checks, its own report directory.
     verify_out = tmp_path / "verify"
     assert main(["verify", str(tiny_onnx), str(out / "model_int8.tflite"), str(out / "model_int8.xml"),

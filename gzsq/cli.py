@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from gzsq.errors import GzsqError
+from gzsq.errors import GateFailure, GzsqError
 
 EXAMPLES = """examples:
   gzsq run zoo:mobilenet_v2 -o out/                      # distil, calibrate, export, check
@@ -143,13 +143,25 @@ def cmd_export(args) -> int:
 
     model = _load(args)
     ranges = load_ranges(args.ranges, model)
+    from gzsq.profiles import PROFILES
+
+    target, fmt, io = args.target, args.format, args.io
+    if target in PROFILES:  # a deployment profile decides format and I/O; the CPU scheme stays auto
+        profile = PROFILES[target]
+        fmt = fmt or profile.export_format
+        if fmt not in profile.formats:
+            raise GzsqError(f"target {target} takes {', '.join(profile.formats)} artifacts, not {fmt}; drop --format")
+        io = profile.export_io if args.io == "float" and fmt == "tflite" else io
+        target = "auto"
+    fmt = fmt or "onnx"
+    args.format, args.io = fmt, io
     exporter = get_exporter(args.format)
     options = {}
     if args.io != "float":
         if args.format != "tflite":
             raise GzsqError(f"--io {args.io} applies to --format tflite only ({args.format} artifacts take float I/O)")
         options["io_dtype"] = args.io
-    result = exporter.export(prepare_for_quantization(model), ranges, args.output, args.target, **options)
+    result = exporter.export(prepare_for_quantization(model), ranges, args.output, target, **options)
     print(f"wrote {result.path}: {len(result.quantized_tensors)} quantized activation tensors; {result.scheme}")
     return 0
 
@@ -176,6 +188,40 @@ def _formats(text: str) -> tuple[str, ...]:
     if not formats:
         raise GzsqError("--formats is empty; give e.g. onnx,tflite,openvino")
     return formats
+
+
+def cmd_check(args) -> int:
+    """List every rule of a target the artifact breaks; with Vela targets, compile it for real."""
+    import json
+    import tempfile
+
+    from gzsq.pipeline import artifact_format
+    from gzsq.profiles import artifact_facts, get_profile, vela_report, violations
+
+    profile = get_profile(args.target)
+    fmt = artifact_format(args.artifact)
+    found = violations(artifact_facts(args.artifact, fmt), profile)
+    result = {"artifact": str(args.artifact), "target": profile.name, "violations": found}
+    if profile.compiler == "vela" and fmt == "tflite" and not args.no_compile:
+        with tempfile.TemporaryDirectory(prefix="gzsq-vela-") as tmp:
+            result["vela"] = vela_report(args.artifact, profile, tmp)
+            result["vela"].pop("vela_tflite", None)
+        vela = result["vela"]
+        print(f"{profile.name} ({vela['accelerator']}): {vela['npu_operators']} NPU ops, {vela['cpu_operators']} CPU ops; "
+              f"SRAM {vela['sram_kib']:.1f} KiB; {vela['cycles_total']} cycles/inference "
+              f"({vela['inference_time_s'] * 1000:.2f} ms estimated)")
+        if args.fail_on_fallback and vela["cpu_operators"]:
+            found.append(f"{vela['cpu_operators']} operator(s) fall back to the CPU")
+    for line in found:
+        print(f"violation: {line}")
+    if args.output:
+        from gzsq.fileio import write_json_atomic
+
+        write_json_atomic(args.output, result)
+    if found:
+        raise GateFailure(f"{args.artifact} breaks {len(found)} rule(s) of target {profile.name}")
+    print(f"{args.artifact}: no violations for {profile.name}")
+    return 0
 
 
 def cmd_verify(args) -> int:
@@ -226,10 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="int8 model with the scales of ranges.json")
     _add_model_args(p)
     p.add_argument("--ranges", required=True)
-    p.add_argument("--format", default="onnx", help="artifact format: onnx (.onnx), tflite (.tflite), openvino (.xml)")
+    p.add_argument("--format", help="artifact format: onnx (.onnx), tflite (.tflite), openvino (.xml); default: onnx, "
+                   "or what a deployment --target takes")
     p.add_argument("--io", choices=("float", "int8"), default="float",
                    help="tflite: float I/O (quantize/dequantize inside the model) or int8 I/O (default: %(default)s)")
-    p.add_argument("--target", default="auto", help="auto (this CPU), x86-avx2, x86-vnni, arm64, generic")
+    p.add_argument("--target", default="auto", help="CPU scheme: auto (this CPU), x86-avx2, x86-vnni, arm64, generic; "
+                   "or a deployment profile (gzsq check --help lists them), which also picks format and I/O")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_export)
 
@@ -246,6 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="release gate: exit 3 when an artifact loses more than PTS top-1 points vs FP32 (report written anyway)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.set_defaults(func=cmd_run)
+
+    from gzsq.profiles import PROFILES
+
+    p = sub.add_parser("check", help="list every rule of a deployment target an artifact breaks (exit 3 if any)")
+    p.add_argument("artifact", help=".tflite, .onnx (QDQ) or OpenVINO .xml")
+    p.add_argument("--target", required=True, choices=sorted(PROFILES), help="deployment target profile")
+    p.add_argument("--no-compile", action="store_true", help="Ethos-U: skip compiling with Vela")
+    p.add_argument("--fail-on-fallback", action="store_true", help="Ethos-U: operators Vela leaves on the CPU are violations")
+    p.add_argument("-o", "--output", help="write the findings (and Vela's report) as JSON")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("verify", help="check exported artifacts against the reference model, with a report")
     _add_model_args(p)

@@ -224,6 +224,17 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_target(args) -> int:
+    from gzsq.device import qemu
+
+    if args.action == "status":
+        state = "ready" if qemu.is_ready() else ("incomplete (rerun setup)" if qemu.rootfs().exists() else "not set up")
+        print(f"{args.name}: {state} ({qemu.rootfs()})")
+        return 0 if qemu.is_ready() else 1
+    qemu.setup(log=lambda msg: print(msg, file=sys.stderr), force=args.force)
+    return 0
+
+
 def cmd_verify(args) -> int:
     from gzsq.pipeline import verify_artifacts
     from gzsq.verify import raise_if_gate_failed
@@ -231,7 +242,9 @@ def cmd_verify(args) -> int:
     model = _load(args)
     report = verify_artifacts(model, _domain(args, model), args.artifacts, args.ranges, args.output,
                               eval_data=args.eval_data, eval_limit=args.eval_limit, threads=args.threads,
-                              max_drop=args.max_drop, calibration_path=args.data)
+                              max_drop=args.max_drop, calibration_path=args.data, device=args.target,
+                              device_limit=args.device_limit,
+                              device_options={"ssh_key": args.ssh_key, "remote_python": args.remote_python})
     print(summarise_verify(report))
     print(f"report: {Path(args.output) / 'report.html'} (also report.md, report.json)")
     raise_if_gate_failed(report)
@@ -314,8 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, help="evaluate on at most this many images of the zoo dataset")
     p.add_argument("--threads", type=int, default=1, help="runtime threads (default: %(default)s)")
     p.add_argument("--max-drop", type=float, metavar="PTS", help="release gate: exit 3 when an artifact loses more than PTS")
+    p.add_argument("--target", help="also run the artifacts on a device: arm64-qemu, or ssh://user@host[:port]")
+    p.add_argument("--device-limit", type=int, default=256, help="images sent to the device (default: %(default)s)")
+    p.add_argument("--ssh-key", help="private key for ssh:// targets")
+    p.add_argument("--remote-python", default="python3", help="Python on the device (needs NumPy and the runtime)")
     p.add_argument("-o", "--output", required=True, help="output directory for the report")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("target", help="set up an off-host target (arm64-qemu: an emulated ARM64 Debian, built once)")
+    p.add_argument("action", choices=["setup", "status"])
+    p.add_argument("name", choices=["arm64-qemu"])
+    p.add_argument("--force", action="store_true", help="rebuild even if it is ready")
+    p.set_defaults(func=cmd_target)
     return parser
 
 

@@ -17,10 +17,10 @@ from gzsq.errors import GzsqError
 from gzsq.evaluate import eval_dataset
 from gzsq.fileio import ensure_writable_dir
 from gzsq.models import LoadedModel
-from gzsq.plugins import get_exporter
+from gzsq.plugins import get_exporter, get_runtime
 from gzsq.ranges import build_ranges, prepare_for_quantization, save_ranges
 from gzsq.report import summarise, write_reports  # noqa: F401  (summarise is re-exported for the CLI)
-from gzsq.verify import EvalSet, apply_gate, check_eval_shape, verify_artifact
+from gzsq.verify import EvalSet, apply_gate, check_eval_shape, device_check, verify_artifact
 
 
 LAYER_IMAGES = 4  # images for the per-layer runtime-vs-simulation scan (it runs each cut model)
@@ -139,7 +139,8 @@ def artifact_format(path: str | Path) -> str:
 
 def verify_artifacts(model: LoadedModel, domain: InputDomain, artifacts: list[str], ranges_path: str | None,
                      out_dir: str | Path, eval_data: str | None = None, eval_limit: int | None = None,
-                     threads: int | None = 1, max_drop: float | None = None, calibration_path: str | None = None) -> dict:
+                     threads: int | None = 1, max_drop: float | None = None, calibration_path: str | None = None,
+                     device: str | None = None, device_limit: int = 256, device_options: dict | None = None) -> dict:
     """`gzsq verify`: the checks of `gzsq run` on artifacts exported before."""
     from gzsq.ranges import load_ranges
 
@@ -171,6 +172,13 @@ def verify_artifacts(model: LoadedModel, domain: InputDomain, artifacts: list[st
                                 layer_images=sets[-1].images[:LAYER_IMAGES])
         exporter = get_exporter(fmt)
         entry["scheme"] = getattr(exporter, "describe", lambda p: "as exported")(artifact)
+        if device:
+            headline_set = sets[-1]
+            subset = EvalSet(headline_set.images[:device_limit],
+                             None if headline_set.labels is None else headline_set.labels[:device_limit],
+                             headline_set.metric, headline_set.source)
+            host = get_runtime(exporter.runtime)(artifact, threads=threads).run(subset.images)
+            entry["device"] = device_check(device, artifact, fmt, subset, host, threads or 1, **(device_options or {}))
         report["artifacts"][key] = entry
         report["timings_s"][f"verify_{key}_s"] = round(time.time() - t, 2)
     report["timings_s"]["distill_s"] = 0.0

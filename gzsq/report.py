@@ -56,6 +56,13 @@ def summarise(report: dict) -> str:
             scope = "" if layers["complete"] else " (scan stopped at its time budget)"
             lines.append(f"    per-layer: {layers['tensors_compared']} tensors compared{scope}; "
                          + (f"first divergent tensor: {first}" if first else "no tensor diverges from the simulation"))
+        dev = a.get("device")
+        if dev:
+            quality = f", top-1 {dev['top1_pct']:.2f}%" if "top1_pct" in dev else ""
+            lines.append(f"    on {dev['target']} ({dev['machine']}, {dev['images']} images): top-1 agreement with this host "
+                         f"{dev['top1_agreement_with_host_pct']:.2f}%{quality}, max output difference "
+                         f"{dev['max_abs_output_difference']:.3g}; latency p50 {dev['latency_p50_ms']:.2f} ms "
+                         f"[{dev['latency_kind']}]")
         lat = a.get("latency_batch1")
         if lat:
             lines.append(f"    latency batch 1, {lat['threads']} thread(s): fp32 {lat['fp32_p50_ms']:.2f} ms, "
@@ -107,6 +114,15 @@ def markdown(report: dict) -> str:
         if worst:
             out.append("  - largest: " + ", ".join(f"`{r['tensor']}` max {r['max_steps']:.0f} / "
                                                  f"{r['over_one_step_pct']:.1f}% > 1 step" for r in worst))
+    devices = [(fmt, a["device"]) for fmt, a in report["artifacts"].items() if a.get("device")]
+    if devices:
+        out += ["", "## On the device", "",
+                "| format | target | machine | images | top-1 agreement with host % | top-1 % | max output diff | p50 ms | latency |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for fmt, d in devices:
+            out.append(f"| {fmt} | {d['target']} | {d['machine']} | {d['images']} | {d['top1_agreement_with_host_pct']:.2f} | "
+                       f"{_fmt(d.get('top1_pct'))} | {d['max_abs_output_difference']:.3g} | {d['latency_p50_ms']:.2f} | "
+                       f"{d['latency_kind']} |")
     out += ["", "## Quantization schemes", ""]
     for fmt, a in report["artifacts"].items():
         out.append(f"- **{fmt}**: {a['scheme']}")

@@ -145,3 +145,23 @@ def check_eval_shape(images: np.ndarray, input_shape: tuple[int, ...], source: s
     if images.ndim != len(input_shape) + 1 or tuple(images.shape[1:]) != tuple(input_shape):
         raise GzsqError(f"{source}: images of shape {tuple(images.shape[1:])}, the model takes {tuple(input_shape)} "
                         "(NCHW); resize them or pass the matching --input-shape")
+
+
+def device_check(spec: str, artifact: str | Path, fmt: str, eval_set: EvalSet, host_outputs: np.ndarray,
+                 threads: int = 1, **device_options) -> dict:
+    """The same artifact on a device: accuracy there, top-1 agreement with this host's run, and the
+    largest output difference. Latency under emulation is labelled as such (never a device figure)."""
+    from gzsq.device import run_on_target
+
+    result = run_on_target(spec, artifact, eval_set.images, threads, **device_options)
+    out = result["outputs"]
+    row = {"target": spec, "machine": result["machine"], "images": int(len(out)), "source": eval_set.source,
+           "top1_agreement_with_host_pct": agreement(host_outputs, out),
+           "max_abs_output_difference": float(np.abs(out.astype(np.float64) - host_outputs).max()),
+           "latency_p50_ms": float(np.percentile(result["latency_ms"], 50)),
+           "latency_kind": "emulated (qemu-user; not a device figure)" if result["emulated"] else "device"}
+    if eval_set.metric == "psnr":
+        row["psnr_db"] = psnr(out, eval_set.labels)
+    elif eval_set.labels is not None:
+        row["top1_pct"] = accuracy(out, eval_set.labels)
+    return row

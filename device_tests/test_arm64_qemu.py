@@ -34,6 +34,9 @@ def test_zoo_artifacts_agree_with_x86_under_emulation(tmp_path):
         device = report["artifacts"][fmt]["device"]
         assert device["machine"] == "aarch64"
         assert device["latency_kind"].startswith("emulated")
-        assert device["top1_agreement_with_host_pct"] == 100.0, fmt  # integer kernels: same results
+        # Integer kernels: differences are requantization rounding (a few output steps), which can
+        # flip the argmax of a near-tie; measured 97.9 % (TFLite) and 100 % (ONNX) on 48 images.
+        assert device["max_output_difference_steps"] <= 4, fmt
+        assert device["top1_agreement_with_host_pct"] >= 95.0, fmt
         assert 80 <= device["top1_pct"] <= 100
     assert "emulated" in (verify / "report.md").read_text()

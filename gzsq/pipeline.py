@@ -20,7 +20,7 @@ from gzsq.models import LoadedModel
 from gzsq.plugins import get_exporter, get_runtime
 from gzsq.ranges import build_ranges, prepare_for_quantization, save_ranges
 from gzsq.report import summarise, write_reports  # noqa: F401  (summarise is re-exported for the CLI)
-from gzsq.verify import EvalSet, apply_gate, check_eval_shape, device_check, verify_artifact
+from gzsq.verify import EvalSet, apply_gate, check_eval_shape, device_check, output_step, verify_artifact
 
 
 LAYER_IMAGES = 4  # images for the per-layer runtime-vs-simulation scan (it runs each cut model)
@@ -178,7 +178,8 @@ def verify_artifacts(model: LoadedModel, domain: InputDomain, artifacts: list[st
                              None if headline_set.labels is None else headline_set.labels[:device_limit],
                              headline_set.metric, headline_set.source)
             host = get_runtime(exporter.runtime)(artifact, threads=threads).run(subset.images)
-            entry["device"] = device_check(device, artifact, fmt, subset, host, threads or 1, **(device_options or {}))
+            entry["device"] = device_check(device, artifact, fmt, subset, host, threads or 1,
+                                           step=output_step(ranges, graph_model), **(device_options or {}))
         report["artifacts"][key] = entry
         report["timings_s"][f"verify_{key}_s"] = round(time.time() - t, 2)
     report["timings_s"]["distill_s"] = 0.0

@@ -61,7 +61,9 @@ def summarise(report: dict) -> str:
             quality = f", top-1 {dev['top1_pct']:.2f}%" if "top1_pct" in dev else ""
             lines.append(f"    on {dev['target']} ({dev['machine']}, {dev['images']} images): top-1 agreement with this host "
                          f"{dev['top1_agreement_with_host_pct']:.2f}%{quality}, max output difference "
-                         f"{dev['max_abs_output_difference']:.3g}; latency p50 {dev['latency_p50_ms']:.2f} ms "
+                         f"{dev['max_abs_output_difference']:.3g}"
+                         + (f" ({dev['max_output_difference_steps']:.0f} output steps)" if dev.get("max_output_difference_steps") else "")
+                         + f"; latency p50 {dev['latency_p50_ms']:.2f} ms "
                          f"[{dev['latency_kind']}]")
         lat = a.get("latency_batch1")
         if lat:

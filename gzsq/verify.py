@@ -148,7 +148,7 @@ def check_eval_shape(images: np.ndarray, input_shape: tuple[int, ...], source: s
 
 
 def device_check(spec: str, artifact: str | Path, fmt: str, eval_set: EvalSet, host_outputs: np.ndarray,
-                 threads: int = 1, **device_options) -> dict:
+                 threads: int = 1, step: float | None = None, **device_options) -> dict:
     """The same artifact on a device: accuracy there, top-1 agreement with this host's run, and the
     largest output difference. Latency under emulation is labelled as such (never a device figure)."""
     from gzsq.device import run_on_target
@@ -159,6 +159,8 @@ def device_check(spec: str, artifact: str | Path, fmt: str, eval_set: EvalSet, h
            "top1_agreement_with_host_pct": agreement(host_outputs, out),
            "max_abs_output_difference": float(np.abs(out.astype(np.float64) - host_outputs).max()),
            "latency_p50_ms": float(np.percentile(result["latency_ms"], 50)),
+           "max_output_difference_steps": (float(np.abs(out.astype(np.float64) - host_outputs).max() / step)
+                                           if step else None),
            "latency_kind": "emulated (qemu-user; not a device figure)" if result["emulated"] else "device"}
     if eval_set.metric == "psnr":
         row["psnr_db"] = psnr(out, eval_set.labels)

@@ -332,7 +332,7 @@ class QuantizedTorchGraph:
     quantized: list[str]
     shared: dict[str, str]
 
-    def simulate(self, images: np.ndarray, batch_size: int = 1) -> np.ndarray:
+    def simulate(self, images: np.ndarray) -> np.ndarray:
         import torch
 
         outs = []
@@ -347,14 +347,16 @@ class QuantizedTorchGraph:
         return np.concatenate(outs)
 
 
-def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict) -> QuantizedTorchGraph:
+def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict, batch: int = 1) -> QuantizedTorchGraph:
+    """The PT2E graph with ranges.json's parameters. The exporter converts the batch-1 graph; the
+    simulation uses a larger fixed batch (same parameters, same placement), which is much faster."""
     from gzsq.torch_graph import export_torch_graph
 
     _, _, prepare_pt2e, convert_pt2e = _litert()
     from torchao.quantization.pt2e import move_exported_model_to_eval
 
     with _quiet():
-        graph = export_torch_graph(graph_model, batch=1)
+        graph = export_torch_graph(graph_model, batch=batch)
         _break_splat_biases(graph.module)
         quantizer = _full_int8_quantizer(lambda node: graph.tensor_name(node) is not None)
         prepared = prepare_pt2e(graph.module, quantizer)
@@ -528,6 +530,9 @@ def tflite_layer_parity(quantized: QuantizedTorchGraph, artifact: str | Path, im
                                for name, r, s, step in ordered)
 
 
+SIMULATION_BATCH = 32
+
+
 class TfliteExporter:
     """Entry point `tflite` of the gzsq.exporters group."""
 
@@ -536,7 +541,7 @@ class TfliteExporter:
     runtime = "litert"
 
     def __init__(self) -> None:
-        self._quantized: dict[str, QuantizedTorchGraph] = {}
+        self._quantized: dict[tuple[str, int], QuantizedTorchGraph] = {}
 
     def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto",
                io_dtype: str = "float") -> TfliteExportResult:
@@ -549,14 +554,14 @@ class TfliteExporter:
         return export_tflite_float(graph_model, out_path)
 
     def simulator(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path):
-        """Fake-quant simulation of the artifact: its PT2E graph run in torch."""
-        return self._quantized_graph(graph_model, ranges).simulate
+        """Fake-quant simulation of the artifact: its PT2E graph run in torch (batch 32)."""
+        return self._quantized_graph(graph_model, ranges, SIMULATION_BATCH).simulate
 
     def layer_parity(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path, images: np.ndarray) -> dict:
         return tflite_layer_parity(self._quantized_graph(graph_model, ranges), artifact, images, ranges)
 
-    def _quantized_graph(self, graph_model: onnx.ModelProto, ranges: dict) -> QuantizedTorchGraph:
-        key = sha256_bytes(json.dumps(ranges, sort_keys=True).encode())
+    def _quantized_graph(self, graph_model: onnx.ModelProto, ranges: dict, batch: int = 1) -> QuantizedTorchGraph:
+        key = (sha256_bytes(json.dumps(ranges, sort_keys=True).encode()), batch)
         if key not in self._quantized:
-            self._quantized[key] = quantized_torch_graph(graph_model, ranges)
+            self._quantized[key] = quantized_torch_graph(graph_model, ranges, batch)
         return self._quantized[key]

@@ -61,14 +61,14 @@ def zoo_artifacts(tmp_path_factory):
     return out
 
 
-def test_zoo_artifact_end_to_end_over_ssh(loopback_sshd, zoo_artifacts, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))  # known_hosts of this test only
+def test_zoo_artifact_end_to_end_over_ssh(loopback_sshd, zoo_artifacts, tmp_path):
     user = os.environ.get("USER", "root")
     url = f"ssh://{user}@127.0.0.1:{loopback_sshd['port']}"
     out = tmp_path / "verify"
     assert main(["verify", "zoo:fmnist_resnet_bn", str(zoo_artifacts / "model_int8.tflite"),
                  str(zoo_artifacts / "model_int8.onnx"), "--target", url, "--ssh-key", loopback_sshd["key"],
-                 "--remote-python", sys.executable, "--device-limit", "64", "--eval-limit", "300", "-o", str(out)]) == 0
+                 "--ssh-known-hosts", loopback_sshd["known_hosts"], "--remote-python", sys.executable,
+                 "--device-limit", "64", "--eval-limit", "300", "-o", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     for fmt in ("tflite", "onnx"):
         device = report["artifacts"][fmt]["device"]
@@ -78,25 +78,25 @@ def test_zoo_artifact_end_to_end_over_ssh(loopback_sshd, zoo_artifacts, tmp_path
         assert 0 <= device["top1_pct"] <= 100
 
 
-def test_device_without_the_runtime_is_one_line(loopback_sshd, zoo_artifacts, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HOME", str(tmp_path))
+def test_device_without_the_runtime_is_one_line(loopback_sshd, zoo_artifacts, tmp_path, capsys):
     bare = tmp_path / "bare-python"
     bare.write_text(f"#!/bin/sh\nexec {sys.executable} -S -I \"$@\"\n")  # no site-packages: neither NumPy nor a runtime
     bare.chmod(0o755)
     url = f"ssh://root@127.0.0.1:{loopback_sshd['port']}"
     code = main(["verify", "zoo:fmnist_resnet_bn", str(zoo_artifacts / "model_int8.tflite"), "--target", url,
-                 "--ssh-key", loopback_sshd["key"], "--remote-python", str(bare), "--device-limit", "8",
+                 "--ssh-key", loopback_sshd["key"], "--ssh-known-hosts", loopback_sshd["known_hosts"],
+                 "--remote-python", str(bare), "--device-limit", "8",
                  "--eval-limit", "50", "-o", str(tmp_path / "v")])
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "device lacks the runtime" in err and "pip install numpy" in err
 
 
-def test_unreachable_host_and_bad_url(zoo_artifacts, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HOME", str(tmp_path))
+def test_unreachable_host_and_bad_url(zoo_artifacts, tmp_path, capsys):
     port = _free_port()  # nothing listens there
     assert main(["verify", "zoo:fmnist_resnet_bn", str(zoo_artifacts / "model_int8.tflite"), "--target",
-                 f"ssh://root@127.0.0.1:{port}", "--eval-limit", "20", "-o", str(tmp_path / "v")]) == 2
+                 f"ssh://root@127.0.0.1:{port}", "--ssh-known-hosts", str(tmp_path / "kh"), "--eval-limit", "20",
+                 "-o", str(tmp_path / "v")]) == 2
     assert "cannot reach" in capsys.readouterr().err
     assert main(["verify", "zoo:fmnist_resnet_bn", str(zoo_artifacts / "model_int8.tflite"), "--target",
                  "ssh://root@host;rm -rf /", "--eval-limit", "20", "-o", str(tmp_path / "v2")]) == 2

@@ -244,7 +244,8 @@ def cmd_verify(args) -> int:
                               eval_data=args.eval_data, eval_limit=args.eval_limit, threads=args.threads,
                               max_drop=args.max_drop, calibration_path=args.data, device=args.target,
                               device_limit=args.device_limit,
-                              device_options={"ssh_key": args.ssh_key, "remote_python": args.remote_python})
+                              device_options={"ssh_key": args.ssh_key, "remote_python": args.remote_python,
+                                              "known_hosts": args.ssh_known_hosts})
     print(summarise_verify(report))
     print(f"report: {Path(args.output) / 'report.html'} (also report.md, report.json)")
     raise_if_gate_failed(report)
@@ -330,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="also run the artifacts on a device: arm64-qemu, or ssh://user@host[:port]")
     p.add_argument("--device-limit", type=int, default=256, help="images sent to the device (default: %(default)s)")
     p.add_argument("--ssh-key", help="private key for ssh:// targets")
+    p.add_argument("--ssh-known-hosts", help="known_hosts file for ssh:// targets (default: ssh's own)")
     p.add_argument("--remote-python", default="python3", help="Python on the device (needs NumPy and the runtime)")
     p.add_argument("-o", "--output", required=True, help="output directory for the report")
     p.set_defaults(func=cmd_verify)

@@ -13,7 +13,7 @@ DEVICE_FORMATS = (".tflite", ".onnx")
 
 
 def run_on_target(spec: str, artifact: str | Path, images: np.ndarray, threads: int = 1, ssh_key: str | None = None,
-                  remote_python: str = "python3") -> dict:
+                  remote_python: str = "python3", known_hosts: str | None = None) -> dict:
     """One dispatch point for off-host targets: `arm64-qemu` or `ssh://user@host[:port]`."""
     if Path(artifact).suffix not in DEVICE_FORMATS:
         raise GzsqError(f"{Path(artifact).name}: device targets run {' and '.join(DEVICE_FORMATS)} artifacts")
@@ -26,7 +26,9 @@ def run_on_target(spec: str, artifact: str | Path, images: np.ndarray, threads: 
     if spec.startswith("ssh://"):
         from gzsq.device.ssh import parse_target, run_remote
 
-        result = run_remote(parse_target(spec, identity=ssh_key, python=remote_python), artifact, images, threads)
+        options = (f"UserKnownHostsFile={known_hosts}",) if known_hosts else ()
+        result = run_remote(parse_target(spec, identity=ssh_key, python=remote_python, options=options), artifact, images,
+                            threads)
         result["emulated"] = False
         return result
     raise GzsqError(f"unknown device target {spec!r}; use arm64-qemu or ssh://user@host[:port]")

@@ -113,11 +113,38 @@ def zoo_metric(name: str) -> dict | None:
     return json.loads(meta.read_text()) if meta.exists() else None
 
 
+def export_to_cache(name: str, cached: str | Path) -> None:
+    """torch → ONNX export of a zoo model into the cache (run in a fresh interpreter, see below)."""
+    import onnx
+    import torch
+
+    from gzsq.models import torch_to_onnx
+
+    entry = ZOO[name]
+    model = torch_to_onnx(entry.build(), torch.zeros(2, *entry.input_shape))
+    Path(cached).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(cached, lambda p: onnx.save(model, str(p)))
+
+
+def _export_in_fresh_process(name: str, cached: Path) -> None:
+    """The exported bytes (hence the model's SHA-256 and tensor names that ranges.json is keyed
+    by) must not depend on what else the calling process imported or exported before; a fresh
+    interpreter makes the cached file the same on every machine with the same versions."""
+    import subprocess
+    import sys
+
+    code = "import sys; from gzsq.zoo import export_to_cache; export_to_cache(sys.argv[1], sys.argv[2])"
+    proc = subprocess.run([sys.executable, "-c", code, name, str(cached)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0 or not cached.exists():
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise GzsqError(f"exporting zoo:{name} to ONNX failed ({detail[0][:200]})")
+
+
 def load_zoo_model(name: str, input_shape: tuple[int, ...] | None = None):
     import onnx
     import torch
 
-    from gzsq.models import from_onnx_model, torch_to_onnx
+    from gzsq.models import from_onnx_model
 
     if name not in ZOO:
         raise GzsqError(f"unknown zoo model {name!r}; `gzsq zoo list` shows: {', '.join(ZOO)}")
@@ -129,13 +156,9 @@ def load_zoo_model(name: str, input_shape: tuple[int, ...] | None = None):
         raise GzsqError(f"zoo weights {weights.name} are missing; run `python -m gzsq.zoo.train`")
     key = sha256_bytes(weights.read_bytes() + name.encode() + torch.__version__.encode())[:16]
     cached = cache_dir() / "zoo" / f"{name}-{key}.onnx"
-    if cached.exists():
-        model = onnx.load(str(cached))
-    else:
-        module = entry.build()
-        model = torch_to_onnx(module, torch.zeros(2, *entry.input_shape))
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cached, lambda p: onnx.save(model, str(p)))
+    if not cached.exists():
+        _export_in_fresh_process(name, cached)
+    model = onnx.load(str(cached))
     loaded = from_onnx_model(model, f"zoo:{name}", entry.input_shape)
     loaded.domain, loaded.task, loaded.zoo_entry = entry.domain, entry.task, entry
     return loaded

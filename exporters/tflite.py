@@ -49,7 +49,7 @@ class TfliteExportResult:
     float_ops: list[str] = field(default_factory=list)  # ops left in float (0 for the zoo models)
 
 
-def _full_int8_quantizer(has_onnx_name=lambda node: True):
+def _full_int8_quantizer(has_onnx_name=lambda node: True, float_output: bool = False):
     import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
@@ -79,6 +79,8 @@ def _full_int8_quantizer(has_onnx_name=lambda node: True):
                 node.meta["quantization_annotation"] = QuantizationAnnotation(
                     input_qspec_map=inputs, output_qspec=act_spec, _annotated=True)
             _fuse_activations(model, act_spec)
+            if float_output:
+                _float_outputs(model)
             return model
 
     return FullInt8Quantizer().set_global(config)
@@ -102,6 +104,17 @@ def _fusable(node) -> bool:
         return True
     bounds = tuple(float(b) if isinstance(b, (int, float)) else None for b in list(node.args[1:3]) + [None] * (3 - len(node.args)))[:2]
     return bounds in _TFLITE_FUSED_RANGES or (bounds[0] == 0.0 and bounds[1] is None)
+
+
+def _float_outputs(model) -> None:
+    """Leave the values the graph returns unquantized (see exporters/onnx_qdq.dequantized_outputs)."""
+    for node in model.graph.nodes:
+        if node.op != "output":
+            continue
+        for value in node.all_input_nodes:
+            annotation = value.meta.get("quantization_annotation")
+            if annotation is not None:
+                annotation.output_qspec = None
 
 
 def _fuse_activations(model, act_spec) -> None:
@@ -347,7 +360,8 @@ class QuantizedTorchGraph:
         return np.concatenate(outs)
 
 
-def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict, batch: int = 1) -> QuantizedTorchGraph:
+def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict, batch: int = 1,
+                          float_output: bool = False) -> QuantizedTorchGraph:
     """The PT2E graph with ranges.json's parameters. The exporter converts the batch-1 graph; the
     simulation uses a larger fixed batch (same parameters, same placement), which is much faster."""
     from gzsq.torch_graph import export_torch_graph
@@ -358,7 +372,7 @@ def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict, batch: int
     with _quiet():
         graph = export_torch_graph(graph_model, batch=batch)
         _break_splat_biases(graph.module)
-        quantizer = _full_int8_quantizer(lambda node: graph.tensor_name(node) is not None)
+        quantizer = _full_int8_quantizer(lambda node: graph.tensor_name(node) is not None, float_output)
         prepared = prepare_pt2e(graph.module, quantizer)
         quantized, shared = _install_ranges(prepared, graph, ranges)
         converted = convert_pt2e(prepared, fold_quantize=False)
@@ -399,12 +413,13 @@ def export_tflite(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Pa
                   quantized: QuantizedTorchGraph | None = None) -> TfliteExportResult:
     if io_dtype not in ("float", "int8"):
         raise GzsqError(f"unknown TFLite I/O type {io_dtype!r}; use float or int8")
-    quantized = quantized or quantized_torch_graph(graph_model, ranges)
+    quantized = quantized or quantized_torch_graph(graph_model, ranges, float_output=io_dtype == "float")
     data = _convert(quantized.converted, quantized.graph.example_input, quantized.quantizer)
     if io_dtype == "float":
         data = _add_float_io(data)
     scheme = ("int8 asymmetric per-tensor activations (ranges.json grid), int8 symmetric per-channel weights, "
-              f"{io_dtype} I/O; XNNPACK int8 kernels accumulate in int32")
+              f"{io_dtype} I/O; XNNPACK int8 kernels accumulate in int32"
+              + ("; output layer in float (its result is not requantized)" if io_dtype == "float" else "; fully int8"))
     data = _with_metadata(data, {"gzsq.ranges_sha256": sha256_bytes(json.dumps(ranges, sort_keys=True).encode()),
                                  "gzsq.model_sha256": ranges.get("model_sha256", ""), "gzsq.scheme": scheme,
                                  "gzsq.io_dtype": io_dtype})
@@ -533,6 +548,11 @@ def tflite_layer_parity(quantized: QuantizedTorchGraph, artifact: str | Path, im
 SIMULATION_BATCH = 32
 
 
+def _float_output(artifact: str | Path) -> bool:
+    """Float-I/O artifacts keep their output layer in float; int8-I/O ones are fully int8."""
+    return read_metadata(Path(artifact).read_bytes()).get("gzsq.io_dtype", "float") == "float"
+
+
 class TfliteExporter:
     """Entry point `tflite` of the gzsq.exporters group."""
 
@@ -541,11 +561,12 @@ class TfliteExporter:
     runtime = "litert"
 
     def __init__(self) -> None:
-        self._quantized: dict[tuple[str, int], QuantizedTorchGraph] = {}
+        self._quantized: dict[tuple[str, int, bool], QuantizedTorchGraph] = {}
 
     def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto",
                io_dtype: str = "float") -> TfliteExportResult:
-        return export_tflite(graph_model, ranges, out_path, io_dtype, self._quantized_graph(graph_model, ranges))
+        return export_tflite(graph_model, ranges, out_path, io_dtype,
+                             self._quantized_graph(graph_model, ranges, float_output=io_dtype == "float"))
 
     def describe(self, artifact: str | Path) -> str:
         return read_metadata(Path(artifact).read_bytes()).get("gzsq.scheme", "not exported by gzsq (no gzsq.scheme metadata)")
@@ -555,13 +576,15 @@ class TfliteExporter:
 
     def simulator(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path):
         """Fake-quant simulation of the artifact: its PT2E graph run in torch (batch 32)."""
-        return self._quantized_graph(graph_model, ranges, SIMULATION_BATCH).simulate
+        return self._quantized_graph(graph_model, ranges, SIMULATION_BATCH, _float_output(artifact)).simulate
 
     def layer_parity(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path, images: np.ndarray) -> dict:
-        return tflite_layer_parity(self._quantized_graph(graph_model, ranges), artifact, images, ranges)
+        return tflite_layer_parity(self._quantized_graph(graph_model, ranges, 1, _float_output(artifact)), artifact, images,
+                                   ranges)
 
-    def _quantized_graph(self, graph_model: onnx.ModelProto, ranges: dict, batch: int = 1) -> QuantizedTorchGraph:
-        key = (sha256_bytes(json.dumps(ranges, sort_keys=True).encode()), batch)
+    def _quantized_graph(self, graph_model: onnx.ModelProto, ranges: dict, batch: int = 1,
+                         float_output: bool = False) -> QuantizedTorchGraph:
+        key = (sha256_bytes(json.dumps(ranges, sort_keys=True).encode()), batch, float_output)
         if key not in self._quantized:
-            self._quantized[key] = quantized_torch_graph(graph_model, ranges, batch)
+            self._quantized[key] = quantized_torch_graph(graph_model, ranges, batch, float_output)
         return self._quantized[key]

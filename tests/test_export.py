@@ -108,3 +108,19 @@ def test_fake_quant_simulation_matches_qdq_at_8_bits(calibrated):
     # Same grid for weights and activations; only ORT's int32 bias rounding differs.
     assert np.abs(w8a8 - qdq).max() <= 3 * step
     assert np.abs(w4a8 - qdq).mean() > np.abs(w8a8 - qdq).mean()
+
+
+def test_model_output_is_not_requantized_unless_asked(calibrated, tmp_path):
+    """The last layer's result leaves the QDQ model in float (no QuantizeLinear on the graph
+    output); float_outputs=False restores the fully requantized output on the ranges.json grid."""
+    model, _, ranges, _ = calibrated
+    graph = prepare_for_quantization(model)
+    out_name = graph.graph.output[0].name
+    for float_outputs, expect_dq in ((True, False), (False, True)):
+        path = tmp_path / f"m_{float_outputs}.onnx"
+        export_onnx_qdq(graph, ranges, path, "x86-vnni", float_outputs=float_outputs)
+        qdq = onnx.load(str(path))
+        producer = next(n for n in qdq.graph.node if out_name in n.output)
+        assert (producer.op_type == "DequantizeLinear") == expect_dq
+        x = np.random.default_rng(0).standard_normal((8, 1, 16, 16)).astype(np.float32)
+        assert OnnxRuntimeHarness(path).run(x).shape == (8, 10)

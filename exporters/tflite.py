@@ -46,7 +46,8 @@ class TfliteExportResult:
     quantized_tensors: list[str]
     io_dtype: str
     shared: dict[str, str] = field(default_factory=dict)
-    float_ops: list[str] = field(default_factory=list)  # ops left in float (0 for the zoo models)
+    float_ops: list[str] = field(default_factory=list)      # ops computing in float (the output layer with float I/O)
+    float_islands: list[str] = field(default_factory=list)  # float ops between int8 ops (none for the zoo models)
 
 
 def _full_int8_quantizer(has_onnx_name=lambda node: True, float_output: bool = False):
@@ -254,6 +255,43 @@ def float_op_count(tflite_bytes: bytes) -> tuple[int, list[str]]:
     return len(float_ops), float_ops
 
 
+def float_islands(tflite_bytes: bytes) -> list[str]:
+    """Float ops whose results flow back into int8 computation (DEQUANTIZE → op → QUANTIZE
+    islands). Float ops that only lead to the model's outputs — the output layer that float-I/O
+    artifacts keep unrequantized — are not islands."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(tflite_bytes, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+    ops = list(graph.operators)
+    consumers: dict[int, list[int]] = {}
+    for k, op in enumerate(ops):
+        for i in op.inputs:
+            consumers.setdefault(int(i), []).append(k)
+    is_float = [any(graph.tensors[i].type == schema.TensorType.FLOAT32 for i in list(op.inputs) + list(op.outputs) if i >= 0)
+                for op in ops]
+    integer_out = [any(graph.tensors[i].type in (schema.TensorType.INT8, schema.TensorType.UINT8) for i in op.outputs)
+                   for op in ops]
+    memo: dict[int, bool] = {}
+
+    def reaches_integer(k: int) -> bool:
+        if k not in memo:
+            memo[k] = False
+            memo[k] = any(integer_out[c] or reaches_integer(c) for o in ops[k].outputs for c in consumers.get(int(o), []))
+        return memo[k]
+
+    boundary = set(graph.inputs)
+    islands = []
+    for k, op in enumerate(ops):
+        if not is_float[k] or set(op.inputs) & boundary:  # the float-input QUANTIZE is I/O, not an island
+            continue
+        if reaches_integer(k):
+            code = model.operatorCodes[op.opcodeIndex]
+            islands.append(names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode)))
+    return islands
+
+
 def _add_float_io(tflite_bytes: bytes) -> bytes:
     """Give an int8-I/O model float I/O: QUANTIZE after each input, DEQUANTIZE before each output."""
     import flatbuffers
@@ -427,7 +465,7 @@ def export_tflite(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Pa
         tmp_path.write_bytes(data)
     _, float_ops = float_op_count(data)
     return TfliteExportResult(Path(out_path), 8, scheme, sorted(set(quantized.quantized)), io_dtype, quantized.shared,
-                              float_ops)
+                              float_ops, float_islands(data))
 
 
 def export_tflite_float(graph_model: onnx.ModelProto, out_path: str | Path) -> Path:

@@ -101,9 +101,10 @@ def run_pipeline(model: LoadedModel, domain: InputDomain, config: RunConfig, out
                           "quantized_tensors": len(result.quantized_tensors)}
         if hasattr(result, "float_ops"):
             artifacts[fmt]["float_ops"] = list(result.float_ops)
-            if result.float_ops:
-                log(f"      note: {len(result.float_ops)} op(s) stay in float in {result.path.name}: "
-                    f"{', '.join(sorted(set(result.float_ops)))}")
+            artifacts[fmt]["float_islands"] = list(result.float_islands)
+            if result.float_islands:
+                log(f"      note: {len(result.float_islands)} op(s) compute in float between int8 ops in "
+                    f"{result.path.name}: {', '.join(sorted(set(result.float_islands)))}")
     report = {
         "gzsq_version": __version__, "model": model.name, "model_sha256": model.sha256,
         "input_shape": list(model.input_shape), "domain": domain.to_dict(),

@@ -97,12 +97,13 @@ def test_tflite_scales_equal_ranges_and_graph_is_fully_int8(residual):
 def test_tflite_float_io_keeps_only_the_output_layer_in_float(residual):
     """With float I/O the last layer's result is not requantized (like the ONNX and OpenVINO
     artifacts): its FULLY_CONNECTED is the only float op; everything before it is int8."""
-    from gzsq.exporters.tflite import export_tflite, float_op_count
+    from gzsq.exporters.tflite import export_tflite, float_islands, float_op_count
 
     model, ranges, out = residual
     export_tflite(prepare_for_quantization(model), ranges, out / "f.tflite", io_dtype="float")
     count, ops = float_op_count((out / "f.tflite").read_bytes())
     assert set(ops) <= {"FULLY_CONNECTED", "DEQUANTIZE"} and ops.count("FULLY_CONNECTED") == 1, ops
+    assert float_islands((out / "f.tflite").read_bytes()) == []
 
 
 def test_tflite_int8_io_matches_float_io(residual):

@@ -30,7 +30,7 @@ def test_zoo_tflite_compiles_fully_on_the_npu(zoo_run, tmp_path, target):
     result = json.loads(report.read_text())
     vela = result["vela"]
     assert result["violations"] == []
-    assert vela["cpu_operators"] == 0 and vela["npu_operators"] > 10
+    assert vela["cpu_operators"] == 0 and vela["cpu_fallback"] == [] and vela["npu_operators"] > 10
     assert vela["cycles_total"] > 0 and vela["sram_kib"] > 0
 
 
@@ -42,6 +42,7 @@ def test_float_io_artifact_is_caught(zoo_run, tmp_path, capsys):
     assert any("I/O is float" in v for v in result["violations"])
     assert any("compute in float" in v for v in result["violations"])
     assert result["vela"]["cpu_operators"] >= 1
+    assert {op["op"] for op in result["vela"]["cpu_fallback"]} >= {"QUANTIZE", "DEQUANTIZE"}
     assert "breaks" in capsys.readouterr().err
 
 

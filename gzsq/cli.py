@@ -210,6 +210,8 @@ def cmd_check(args) -> int:
         print(f"{profile.name} ({vela['accelerator']}): {vela['npu_operators']} NPU ops, {vela['cpu_operators']} CPU ops; "
               f"SRAM {vela['sram_kib']:.1f} KiB; {vela['cycles_total']} cycles/inference "
               f"({vela['inference_time_s'] * 1000:.2f} ms estimated)")
+        for op in vela["cpu_fallback"]:
+            print(f"  on the CPU: {op['op']} ({op['tensor']}): {op['reason']}")
         if args.fail_on_fallback and vela["cpu_operators"]:
             found.append(f"{vela['cpu_operators']} operator(s) fall back to the CPU")
     for line in found:

@@ -5,6 +5,7 @@ documentation; the Ethos-U ones are also enforced for real by compiling with Vel
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,10 +204,14 @@ def vela_report(tflite_path: str | Path, profile: TargetProfile, work_dir: str |
         raise GzsqError(f"vela failed on {Path(tflite_path).name}: {(proc.stderr or proc.stdout).strip().splitlines()[-1][:200]}")
     summary = next(out.glob("*_summary_*.csv"), None)
     row = next(csv.DictReader(summary.open())) if summary else {}
-    cpu_ops = [line.split(":", 1)[1].strip() if ":" in line else line.strip()
-               for line in proc.stdout.splitlines() if "CPU" in line and "operator" not in line.lower() and line.strip()]
-    npu = cpu = None
-    for line in proc.stdout.splitlines():
+    # --show-cpu-operations: "Warning (supported operators) operator: OP, ofm: 'NAME'" then "Reason: …"
+    lines = proc.stdout.splitlines()
+    cpu_ops, npu, cpu = [], None, None
+    for k, line in enumerate(lines):
+        match = re.match(r"Warning \(supported operators\) operator: (\w+), ofm: '([^']*)'", line)
+        if match:
+            reason = lines[k + 1].removeprefix("Reason: ").strip() if k + 1 < len(lines) else ""
+            cpu_ops.append({"op": match[1], "tensor": match[2], "reason": reason})
         if line.startswith("CPU operators"):
             cpu = int(line.split("=")[1].split("(")[0])
         if line.startswith("NPU operators"):

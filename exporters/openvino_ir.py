@@ -14,6 +14,7 @@ import onnx
 from gzsq.errors import GzsqError
 from gzsq.exporters.onnx_qdq import export_onnx_qdq, qdq_simulator
 from gzsq.fileio import ensure_writable_dir
+from gzsq.targets import resolve_target
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,20 @@ def fake_quantize_limits(xml_path: str | Path) -> list[dict]:
     return out
 
 
+def _save_ir(ov, model, out_path: Path, tmp: Path) -> None:
+    """Save uncompressed into `tmp` (same filesystem), then move .bin first and .xml last, so a
+    reader never sees an .xml without its weights and nothing half-written is left behind."""
+    staged = tmp / out_path.name
+    ov.save_model(model, str(staged), compress_to_fp16=False)
+    staged.with_suffix(".bin").replace(out_path.with_suffix(".bin"))
+    staged.replace(out_path)
+
+
+def _rt_info(artifact: str | Path, key: str, default: str) -> str:
+    model = _openvino().Core().read_model(str(artifact))
+    return model.get_rt_info(["gzsq", key]).astype(str) if model.has_rt_info(["gzsq", key]) else default
+
+
 def export_openvino(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto") -> OpenVinoExportResult:
     ov = _openvino()
     out_path = Path(out_path)
@@ -66,11 +81,8 @@ def export_openvino(graph_model: onnx.ModelProto, ranges: dict, out_path: str | 
             raise GzsqError(f"openvino.convert_model failed on the QDQ model ({str(e).splitlines()[0][:200]})") from None
         model.set_rt_info(qdq.scheme, ["gzsq", "scheme"])
         model.set_rt_info(ranges.get("model_sha256", ""), ["gzsq", "model_sha256"])
-        staged = Path(tmp) / out_path.name
-        ov.save_model(model, str(staged), compress_to_fp16=False)
-        # Two files: move .bin first, then .xml, so a reader never sees an .xml without its weights.
-        staged.with_suffix(".bin").replace(out_path.with_suffix(".bin"))
-        staged.replace(out_path)
+        model.set_rt_info(resolve_target(target).name, ["gzsq", "target"])
+        _save_ir(ov, model, out_path, Path(tmp))
     return OpenVinoExportResult(out_path, qdq.weight_bits, qdq.scheme.replace("uint8 activations", "FakeQuantize (256 levels) activations"),
                                 qdq.quantized_tensors)
 
@@ -83,13 +95,10 @@ class OpenVinoExporter:
     runtime = "openvino"
 
     def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto") -> OpenVinoExportResult:
-        self._target = target
         return export_openvino(graph_model, ranges, out_path, target)
 
     def describe(self, artifact: str | Path) -> str:
-        model = _openvino().Core().read_model(str(artifact))
-        return model.get_rt_info(["gzsq", "scheme"]).astype(str) if model.has_rt_info(["gzsq", "scheme"]) else \
-            "not exported by gzsq (no gzsq scheme in rt_info)"
+        return _rt_info(artifact, "scheme", "not exported by gzsq (no gzsq scheme in rt_info)")
 
     def export_float(self, graph_model: onnx.ModelProto, out_path: str | Path) -> Path:
         ov = _openvino()
@@ -97,10 +106,7 @@ class OpenVinoExporter:
         with tempfile.TemporaryDirectory(prefix="gzsq-ov-", dir=out_path.parent) as tmp:
             src = Path(tmp) / "float.onnx"
             onnx.save(graph_model, str(src))
-            staged = Path(tmp) / out_path.name
-            ov.save_model(ov.convert_model(str(src)), str(staged), compress_to_fp16=False)
-            staged.with_suffix(".bin").replace(out_path.with_suffix(".bin"))
-            staged.replace(out_path)
+            _save_ir(ov, ov.convert_model(str(src)), out_path, Path(tmp))
         return out_path
 
     def layer_parity(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path, images: np.ndarray) -> dict:
@@ -111,13 +117,13 @@ class OpenVinoExporter:
         from gzsq.runtimes.openvino_harness import OpenVinoHarness
 
         with tempfile.TemporaryDirectory(prefix="gzsq-ov-layers-") as tmp:
-            qdq = export_onnx_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", getattr(self, "_target", "auto"))
+            qdq = export_onnx_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", _rt_info(artifact, "target", "auto"))
             return qdq_layer_parity(qdq.path, images, lambda p: OpenVinoHarness(p).run,
                                     lambda p: OnnxRuntimeHarness(p, simulate=True).run)
 
     def simulator(self, graph_model: onnx.ModelProto, ranges: dict, artifact: str | Path):
         """Fake-quant simulation of the artifact: the QDQ ONNX it was converted from, with ORT's
         graph optimisations off (QuantizeLinear/DequantizeLinear in float)."""
-        self._sim_dir = tempfile.TemporaryDirectory(prefix="gzsq-ov-sim-")
-        qdq = export_onnx_qdq(graph_model, ranges, Path(self._sim_dir.name) / "qdq.onnx", getattr(self, "_target", "auto"))
-        return qdq_simulator(qdq.path)
+        with tempfile.TemporaryDirectory(prefix="gzsq-ov-sim-") as tmp:  # ORT reads the file at session creation
+            qdq = export_onnx_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", _rt_info(artifact, "target", "auto"))
+            return qdq_simulator(qdq.path)

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo_benchmark import ROOT, distill_in_child_config, update_readme  # noqa: E402
@@ -22,24 +23,20 @@ from zoo_benchmark import ROOT, distill_in_child_config, update_readme  # noqa: 
 REAL_CALIBRATION = 64
 
 
-def ort_native(model, calib: np.ndarray, out: Path, target) -> Path:
+def ort_native(float_path: Path, images: np.ndarray, input_name: str, out: Path, reduce_range: bool = False) -> Path:
+    """ONNX Runtime's own recipe: quantize_static (QDQ, U8S8, per-channel, MinMax) calibrated on
+    `images` (also used by runtime_benchmark.py)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from gzsq.ranges import prepare_for_quantization
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{model.input_name: calib[i:i + 8]} for i in range(0, len(calib), 8)])
+            self.items = iter([{input_name: images[i:i + 8]} for i in range(0, len(images), 8)])
 
         def get_next(self):
             return next(self.items, None)
 
-    src = out.with_suffix(".float.onnx")
-    import onnx
-
-    onnx.save(prepare_for_quantization(model), str(src))
-    quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=target.weight_bits == 7, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    quantize_static(str(float_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     return out
 
@@ -80,7 +77,10 @@ def main() -> None:
                 return {"agreement_pct": agreement(ref, out), "sqnr_db": snr_db(ref, out),
                         "simulated_agreement_pct": agreement(ref, sim)}
 
-            rows["ort quantize_static, 64 real crops"] = score(ort_native(model, calib, tmp / f"{name}_ort.onnx", target))
+            float_path = tmp / f"{name}.float.onnx"
+            onnx.save(prepare_for_quantization(model), str(float_path))
+            rows["ort quantize_static, 64 real crops"] = score(ort_native(float_path, calib, model.input_name,
+                                                                          tmp / f"{name}_ort.onnx", target.weight_bits == 7))
             print(name, rows, flush=True)
             configs = [("gaussian", DistillConfig(method="gaussian", samples=args.samples))]
             configs += [(f"gzsq moments (default), ≤{s} steps @112",

@@ -18,24 +18,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from imagenet_benchmark import ort_native  # noqa: E402
 from zoo_benchmark import ROOT, update_readme  # noqa: E402
 
 FORMATS = {"onnx": "onnxruntime", "tflite": "litert", "openvino": "openvino"}
-
-
-def native_onnx(float_path: Path, images: np.ndarray, input_name: str, out: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{input_name: images[i:i + 1]} for i in range(len(images))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(float_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
-    return out
 
 
 def native_openvino(float_path: Path, images: np.ndarray, out: Path) -> Path:
@@ -112,7 +98,7 @@ def bench_model(name: str, eval_limit: int, repeats: int) -> dict:
             fp32 = exporter.export_float(graph, tmp / f"fp32_{fmt}{exporter.suffix}")
             gzsq_path = exporter.export(graph, ranges, tmp / f"gzsq_{fmt}{exporter.suffix}").path
             if fmt == "onnx":
-                native = native_onnx(float_onnx, images, graph.graph.input[0].name, tmp / "native.onnx")
+                native = ort_native(float_onnx, images, graph.graph.input[0].name, tmp / "native.onnx")
             elif fmt == "openvino":
                 native = native_openvino(float_onnx, images, tmp / "native.xml")
             else:

@@ -26,6 +26,8 @@ import onnx
 from gzsq.errors import GzsqError
 from gzsq.fileio import atomic_path, sha256_bytes
 from gzsq.runtime_api import quiet_native as _quiet
+from gzsq.tflite_flatbuffer import op_name, pack_model, read_model
+from gzsq.tflite_flatbuffer import schema as tflite_schema
 
 # aten ops litert-torch's stock quantizer can leave in float (chained residual adds, a Clip that
 # is not fused into its conv, pooling/reshape tails). Each is annotated here so no float island
@@ -238,19 +240,15 @@ def _weight_name(graph, get_attr_node) -> str | None:
 def float_op_count(tflite_bytes: bytes) -> tuple[int, list[str]]:
     """Operators computing in float (any float32 input or output), not counting the QUANTIZE /
     DEQUANTIZE at the model's float I/O boundary."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(tflite_bytes, 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = read_model(tflite_bytes)
+    float32 = tflite_schema().TensorType.FLOAT32
     graph = model.subgraphs[0]
     float_ops = []
     for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        opname = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
+        opname = op_name(model, op)
         if opname in ("QUANTIZE", "DEQUANTIZE") and (set(op.inputs) & set(graph.inputs) or set(op.outputs) & set(graph.outputs)):
             continue
-        tensors = [graph.tensors[i] for i in list(op.inputs) + list(op.outputs) if i >= 0]
-        if any(t.type == schema.TensorType.FLOAT32 for t in tensors):
+        if any(graph.tensors[i].type == float32 for i in list(op.inputs) + list(op.outputs) if i >= 0):
             float_ops.append(opname)
     return len(float_ops), float_ops
 
@@ -259,10 +257,8 @@ def float_islands(tflite_bytes: bytes) -> list[str]:
     """Float ops whose results flow back into int8 computation (DEQUANTIZE → op → QUANTIZE
     islands). Float ops that only lead to the model's outputs — the output layer that float-I/O
     artifacts keep unrequantized — are not islands."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(tflite_bytes, 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    schema = tflite_schema()
+    model = read_model(tflite_bytes)
     graph = model.subgraphs[0]
     ops = list(graph.operators)
     consumers: dict[int, list[int]] = {}
@@ -287,17 +283,14 @@ def float_islands(tflite_bytes: bytes) -> list[str]:
         if not is_float[k] or set(op.inputs) & boundary:  # the float-input QUANTIZE is I/O, not an island
             continue
         if reaches_integer(k):
-            code = model.operatorCodes[op.opcodeIndex]
-            islands.append(names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode)))
+            islands.append(op_name(model, op))
     return islands
 
 
 def _add_float_io(tflite_bytes: bytes) -> bytes:
     """Give an int8-I/O model float I/O: QUANTIZE after each input, DEQUANTIZE before each output."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(tflite_bytes, 0)
+    schema = tflite_schema()
+    model = read_model(tflite_bytes)
     graph = model.subgraphs[0]
 
     def opcode(builtin):
@@ -311,45 +304,39 @@ def _add_float_io(tflite_bytes: bytes) -> bytes:
         model.operatorCodes.append(code)
         return len(model.operatorCodes) - 1
 
-    def float_twin(index: int, suffix: str) -> int:
+    def float_twin(index: int) -> int:
         src = graph.tensors[index]
         twin = schema.TensorT()
         twin.shape = list(src.shape)
         twin.shapeSignature = list(src.shapeSignature) if src.shapeSignature is not None else None
         twin.type = schema.TensorType.FLOAT32
-        twin.name = (src.name.decode() if isinstance(src.name, bytes) else src.name) + suffix
-        empty = schema.BufferT()
-        model.buffers.append(empty)
+        twin.name = (src.name.decode() if isinstance(src.name, bytes) else src.name) + "_float"
+        model.buffers.append(schema.BufferT())
         twin.buffer = len(model.buffers) - 1
         graph.tensors.append(twin)
         return len(graph.tensors) - 1
 
+    def float_boundary(indices: list[int], builtin: int, is_input: bool) -> list:
+        """Swap each int8 boundary tensor for a float twin, joined to it by one QUANTIZE/DEQUANTIZE."""
+        ops = []
+        for pos, index in enumerate(indices):
+            if graph.tensors[index].type != schema.TensorType.INT8:
+                continue
+            twin = float_twin(index)
+            op = schema.OperatorT()
+            op.opcodeIndex = opcode(builtin)
+            op.inputs, op.outputs = ([twin], [index]) if is_input else ([index], [twin])
+            ops.append(op)
+            indices[pos] = twin
+        return ops
+
     graph.inputs, graph.outputs = [int(i) for i in graph.inputs], [int(i) for i in graph.outputs]
-    head, tail = [], []
-    for pos, index in enumerate(list(graph.inputs)):
-        if graph.tensors[index].type != schema.TensorType.INT8:
-            continue
-        twin = float_twin(index, "_float")
-        op = schema.OperatorT()
-        op.opcodeIndex = opcode(schema.BuiltinOperator.QUANTIZE)
-        op.inputs, op.outputs = [twin], [index]
-        head.append(op)
-        graph.inputs[pos] = twin
-    for pos, index in enumerate(list(graph.outputs)):
-        if graph.tensors[index].type != schema.TensorType.INT8:
-            continue
-        twin = float_twin(index, "_float")
-        op = schema.OperatorT()
-        op.opcodeIndex = opcode(schema.BuiltinOperator.DEQUANTIZE)
-        op.inputs, op.outputs = [index], [twin]
-        tail.append(op)
-        graph.outputs[pos] = twin
+    head = float_boundary(graph.inputs, schema.BuiltinOperator.QUANTIZE, is_input=True)
+    tail = float_boundary(graph.outputs, schema.BuiltinOperator.DEQUANTIZE, is_input=False)
     graph.operators = head + list(graph.operators) + tail
     for signature in model.signatureDefs or []:
         _remap_signature(signature, graph)
-    builder = flatbuffers.Builder(len(tflite_bytes) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack_model(model, len(tflite_bytes))
 
 
 def _remap_signature(signature, graph) -> None:
@@ -361,9 +348,8 @@ def _remap_signature(signature, graph) -> None:
 
 def _litert():
     try:
-        with _quiet():
-            import litert_torch  # noqa: F401  (import prints C++ and absl notices)
-        import litert_torch
+        with _quiet():  # importing prints C++ and absl notices
+            import litert_torch
         from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError as e:
@@ -386,16 +372,12 @@ class QuantizedTorchGraph:
     def simulate(self, images: np.ndarray) -> np.ndarray:
         import torch
 
-        outs = []
+        from gzsq.runtime_api import run_in_batches
+
         fixed = int(self.graph.example_input.shape[0])
         with torch.no_grad():
-            for i in range(0, len(images), fixed):
-                chunk = torch.from_numpy(np.ascontiguousarray(images[i:i + fixed], np.float32))
-                n = len(chunk)
-                if n < fixed:
-                    chunk = torch.cat([chunk, chunk[-1:].expand(fixed - n, *chunk.shape[1:])])
-                outs.append(self.converted(chunk)[:n].numpy())
-        return np.concatenate(outs)
+            return run_in_batches(lambda x: self.converted(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy(),
+                                  images, fixed, fixed)
 
 
 def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict, batch: int = 1,
@@ -481,10 +463,8 @@ def export_tflite_float(graph_model: onnx.ModelProto, out_path: str | Path) -> P
 
 
 def _with_metadata(tflite_bytes: bytes, entries: dict[str, str]) -> bytes:
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(tflite_bytes, 0)
+    schema = tflite_schema()
+    model = read_model(tflite_bytes)
     model.metadata = list(model.metadata or [])
     for key, value in entries.items():
         buffer = schema.BufferT()
@@ -494,15 +474,11 @@ def _with_metadata(tflite_bytes: bytes, entries: dict[str, str]) -> bytes:
         meta.name = key
         meta.buffer = len(model.buffers) - 1
         model.metadata.append(meta)
-    builder = flatbuffers.Builder(len(tflite_bytes) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack_model(model, len(tflite_bytes))
 
 
 def read_metadata(tflite_bytes: bytes) -> dict[str, str]:
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(tflite_bytes, 0)
+    model = read_model(tflite_bytes)
     out = {}
     for meta in model.metadata or []:
         name = meta.name.decode() if isinstance(meta.name, bytes) else meta.name

@@ -192,7 +192,6 @@ def _formats(text: str) -> tuple[str, ...]:
 
 def cmd_check(args) -> int:
     """List every rule of a target the artifact breaks; with Vela targets, compile it for real."""
-    import json
     import tempfile
 
     from gzsq.pipeline import artifact_format
@@ -238,7 +237,7 @@ def cmd_target(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from gzsq.pipeline import verify_artifacts
+    from gzsq.pipeline import summarise, verify_artifacts
     from gzsq.verify import raise_if_gate_failed
 
     model = _load(args)
@@ -248,16 +247,11 @@ def cmd_verify(args) -> int:
                               device_limit=args.device_limit,
                               device_options={"ssh_key": args.ssh_key, "remote_python": args.remote_python,
                                               "known_hosts": args.ssh_known_hosts})
-    print(summarise_verify(report))
+    print(summarise(report))
     print(f"report: {Path(args.output) / 'report.html'} (also report.md, report.json)")
     raise_if_gate_failed(report)
     return 0
 
-
-def summarise_verify(report: dict) -> str:
-    from gzsq.report import summarise
-
-    return summarise(report)
 
 
 def build_parser() -> argparse.ArgumentParser:

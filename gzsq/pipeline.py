@@ -164,7 +164,7 @@ def verify_artifacts(model: LoadedModel, domain: InputDomain, artifacts: list[st
     report = {"gzsq_version": __version__, "model": model.name, "model_sha256": model.sha256,
               "input_shape": list(model.input_shape), "domain": domain.to_dict(),
               "method": ranges["calibration"].get("method"), "seed": ranges["calibration"].get("seed"),
-              "calibration": ranges["calibration"], "timings_s": {}, "distill_peak_rss_mb": 0.0,
+              "calibration": ranges["calibration"], "timings_s": {},
               "machine": {"platform": platform.platform(), "processor": platform.machine()}, "artifacts": {}}
     for fmt, artifact in zip(formats, artifacts):
         t = time.time()
@@ -183,7 +183,6 @@ def verify_artifacts(model: LoadedModel, domain: InputDomain, artifacts: list[st
                                            step=output_step(ranges, graph_model), **(device_options or {}))
         report["artifacts"][key] = entry
         report["timings_s"][f"verify_{key}_s"] = round(time.time() - t, 2)
-    report["timings_s"]["distill_s"] = 0.0
     apply_gate(report, max_drop)
     write_reports(report, out, calibration=calibration, ranges=ranges)
     return report

@@ -76,17 +76,16 @@ class ArtifactFacts:
 
 
 def tflite_facts(path: Path) -> ArtifactFacts:
-    from ai_edge_litert import schema_py_generated as schema
+    from gzsq.tflite_flatbuffer import op_name, read_model, schema as tflite_schema
 
-    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    schema = tflite_schema()
+    model = read_model(path.read_bytes())
     types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     graph = model.subgraphs[0]
     ops, float_ops = [], []
     weights = set()
     for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
+        name = op_name(model, op)
         ops.append(name)
         tensors = [graph.tensors[i] for i in list(op.inputs) + list(op.outputs) if i >= 0]
         if any(t.type == schema.TensorType.FLOAT32 for t in tensors):

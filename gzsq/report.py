@@ -38,8 +38,10 @@ def _score_label(row: dict) -> str:
 
 
 def summarise(report: dict) -> str:
-    lines = [f"gzsq {report['model']}  method={report['method']} seed={report['seed']}  "
-             f"distill {report['timings_s']['distill_s']:.1f}s, peak {report['distill_peak_rss_mb']:.0f} MB"]
+    head = f"gzsq {report['model']}  method={report['method']} seed={report['seed']}"
+    if "distill_s" in report["timings_s"]:  # `gzsq run`; `gzsq verify` distils nothing
+        head += f"  distill {report['timings_s']['distill_s']:.1f}s, peak {report['distill_peak_rss_mb']:.0f} MB"
+    lines = [head]
     for fmt, a in report["artifacts"].items():
         lines.append(f"  {fmt}: {a['path']} in {a['runtime']}  ({a['scheme']})")
         for row in a["evaluations"]:

@@ -34,23 +34,20 @@ class SshTarget:
     def destination(self) -> str:
         return f"{self.user}@{self.host}" if self.user else self.host
 
-    def ssh_base(self) -> list[str]:
-        cmd = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
-               "-o", "StrictHostKeyChecking=accept-new"]
+    def _options(self) -> list[str]:
+        """Options ssh and scp share (scp spells the port -P, so the port is not among them)."""
+        cmd = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}", "-o", "StrictHostKeyChecking=accept-new"]
         if self.identity:
             cmd += ["-i", self.identity]
         for option in self.options:
             cmd += ["-o", option]
         return cmd
 
+    def ssh_base(self) -> list[str]:
+        return ["ssh", "-p", str(self.port), *self._options()]
+
     def scp_base(self) -> list[str]:
-        cmd = ["scp", "-q", "-P", str(self.port), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
-               "-o", "StrictHostKeyChecking=accept-new"]
-        if self.identity:
-            cmd += ["-i", self.identity]
-        for option in self.options:
-            cmd += ["-o", option]
-        return cmd
+        return ["scp", "-q", "-P", str(self.port), *self._options()]
 
 
 def parse_target(url: str, **kwargs) -> SshTarget:

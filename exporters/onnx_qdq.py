@@ -49,34 +49,55 @@ def quantize_linear_params(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray
     return out
 
 
+def drop_requantization(qdq: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """Remove the QuantizeLinear → DequantizeLinear pair on each named activation tensor: its
+    consumers read the unrounded tensor. A pair that ends at a graph output hands the output's
+    name to the tensor's producer."""
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    nodes = list(model.graph.node)
+    outputs = {o.name for o in model.graph.output}
+    producer = {o: n for n in nodes for o in n.output}
+    wanted, drop = set(tensors), set()
+    for q in nodes:
+        if q.op_type != "QuantizeLinear" or q.input[0] not in wanted:
+            continue
+        dqs = [n for n in nodes if q.output[0] in n.input]
+        if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear":
+            continue
+        source, dq_out = q.input[0], dqs[0].output[0]
+        if dq_out in outputs:
+            if source not in producer or any(source in n.input for n in nodes if n is not q):
+                continue
+            out = producer[source].output
+            out[list(out).index(source)] = dq_out
+        else:
+            for n in nodes:
+                for k, name in enumerate(n.input):
+                    if name == dq_out:
+                        n.input[k] = source
+        drop.update({id(q), id(dqs[0])})
+    kept = [n for n in nodes if id(n) not in drop]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
 def dequantized_outputs(qdq: onnx.ModelProto) -> onnx.ModelProto:
     """Drop the QuantizeLinear → DequantizeLinear pair on each graph output, so the last layer's
     result leaves the model unrounded and unclipped (as NNCF and AIMET place quantizers). Its
     inputs and weights stay int8. Calibration, data-free or not, sees few of the extreme logits a
     classifier produces; requantizing them to a calibrated range clips exactly the values top-1
     is decided by (ImageNet MobileNetV2, distilled ranges: 26 % → 93 % top-1 agreement)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(qdq)
-    nodes = list(model.graph.node)
-    producer = {o: n for n in nodes for o in n.output}
-    drop = set()
-    for output in model.graph.output:
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    initializers = {i.name for i in qdq.graph.initializer}
+    sources = []
+    for output in qdq.graph.output:
         dq = producer.get(output.name)
-        if dq is None or dq.op_type != "DequantizeLinear":
-            continue
-        q = producer.get(dq.input[0])
-        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in {i.name for i in model.graph.initializer}:
-            continue
-        source = producer.get(q.input[0])
-        users = [n for n in nodes if q.input[0] in n.input and n is not q]
-        if source is None or users:
-            continue
-        source.output[list(source.output).index(q.input[0])] = output.name
-        drop.update({id(q), id(dq)})
-    kept = [n for n in nodes if id(n) not in drop]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    return model
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in initializers:
+            sources.append(q.input[0])
+    return drop_requantization(qdq, sources)
 
 
 def export_onnx_qdq(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: Target | str = "auto",

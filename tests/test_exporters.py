@@ -139,6 +139,30 @@ def test_openvino_fake_quantize_limits_equal_ranges(residual):
         assert any(abs(low - a) <= 1e-6 * max(1, abs(a)) and abs(high - b) <= 1e-6 * max(1, abs(b)) for a, b in grid), fq["name"]
 
 
+def test_openvino_ir_leaves_fused_residual_sums_unrounded(residual):
+    """OpenVINO fuses a residual Add into the convolution before it and skips the rounding of the
+    conv output; the IR (and its simulation) carries no FakeQuantize there, and nowhere else less."""
+    import onnx
+
+    from gzsq.exporters.onnx_qdq import export_onnx_qdq, quantize_linear_params
+    from gzsq.exporters.openvino_ir import export_openvino, fake_quantize_limits, openvino_qdq, sum_fused_requantizations
+
+    model, ranges, out = residual
+    graph = prepare_for_quantization(model)
+    onnx_qdq = export_onnx_qdq(graph, ranges, out / "plain.onnx")
+    fused = sum_fused_requantizations(onnx.load(str(onnx_qdq.path)), graph)
+    producers = {o: n.op_type for n in graph.graph.node for o in n.output}
+    assert len(fused) == 3 and all(producers[t] == "Conv" for t in fused)  # each block's last 1x1 conv
+    ov_qdq, dropped = openvino_qdq(graph, ranges, out / "ov.onnx", "auto")
+    assert dropped == fused
+    assert set(quantize_linear_params(onnx.load(str(ov_qdq.path)))) == set(quantize_linear_params(onnx.load(str(onnx_qdq.path)))) - set(fused)
+    assert "not requantized" in ov_qdq.scheme
+    export_openvino_path = out / "fused.xml"
+    export_openvino(graph, ranges, export_openvino_path)
+    fq_tensors = {fq["name"].removesuffix("_DequantizeLinear") for fq in fake_quantize_limits(export_openvino_path)}
+    assert fq_tensors.isdisjoint(fused) and len(fq_tensors & set(quantize_linear_params(onnx.load(str(ov_qdq.path))))) >= 10
+
+
 @pytest.mark.parametrize("fmt", ["tflite", "openvino"])
 def test_runtime_agrees_with_simulation_within_one_step(residual, fmt):
     """Brevitas-style: the runtime's int8 kernels against the fake-quant simulation of the same file."""

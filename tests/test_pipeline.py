@@ -61,12 +61,6 @@ def test_unseen_onnx_file_quantizes_within_half_a_point(tmp_path, trained_fmnist
     assert gz["runtime_vs_simulation_agreement_pct"] >= 99.5
 
 
-# Open: OpenVINO's CPU int8 kernels round differently from the QDQ simulation by one step on up
-# to a third of the elements of Fixup's residual tensors (the per-layer scan in report.json shows
-# it); accuracy stays within 0.5 pt, top-1 parity measured 99.4–99.5 %.
-KNOWN_PARITY_GAPS = {("fmnist_resnet_fixup", "openvino"): "OpenVINO vs QDQ simulation on Fixup: 99.4–99.5 % (issue 3, open)"}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fmnist_resnet_bn", "fmnist_resnet_bn_folded", "fmnist_resnet_fixup",
                                   "fmnist_vgg_nobn", "fmnist_mobilenet_v2", "fmnist_dncnn"])
@@ -89,6 +83,4 @@ def test_zoo_model_within_tolerance(tmp_path, name):
         else:
             assert e["images"] == 10000
             assert e["fp32_top1_pct"] - e["int8_top1_pct"] <= 0.5, fmt
-            if (name, fmt) in KNOWN_PARITY_GAPS and e["runtime_vs_simulation_agreement_pct"] < 99.5:
-                pytest.xfail(KNOWN_PARITY_GAPS[(name, fmt)])
             assert e["runtime_vs_simulation_agreement_pct"] >= 99.5, fmt

@@ -13,6 +13,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +68,45 @@ def score(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None)
     return accuracy(outputs, labels) if labels is not None else agreement(reference, outputs)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    data: np.ndarray
+    reference: np.ndarray          # FP32 outputs on data
+    labels: np.ndarray | None
+    repeats: int
+
+
+def measure(row: dict, harness, artifacts, fmt: str, ev: Evaluation) -> None:
+    """Score, SNR, size and p50 latency (1 and 2 threads) of each (label, artifact) into row."""
+    from gzsq.evaluate import snr_db
+    from gzsq.exporters.tflite import float_op_count
+    from gzsq.runtime_api import file_size_bytes
+
+    for label, path in artifacts:
+        rt1 = harness(path, threads=1)
+        out = rt1.run(ev.data)
+        row[f"{label}_score"] = score(out, ev.reference, ev.labels)
+        row[f"{label}_snr_db"] = snr_db(ev.reference, out) if label != "fp32" else None
+        row[f"{label}_size_mb"] = file_size_bytes(path) / 1e6
+        for threads in (1, 2):
+            rt = rt1 if threads == 1 else harness(path, threads=2)
+            row[f"{label}_p50_ms_{threads}t"] = rt.latency(ev.data[:1], repeats=ev.repeats)["p50_ms"]
+        if fmt == "tflite" and label != "fp32":
+            row[f"{label}_float_ops"] = float_op_count(Path(path).read_bytes())[0]
+
+
+def report(name: str, fmt: str, row: dict) -> None:
+    print(f"  {name} {fmt}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in row.items()), flush=True)
+
+
 def bench_model(name: str, eval_limit: int, repeats: int) -> dict:
     from gzsq.config import CalibrationConfig, DistillConfig
     from gzsq.distill import distill
-    from gzsq.evaluate import eval_dataset, snr_db
-    from gzsq.exporters.tflite import float_op_count
+    from gzsq.evaluate import eval_dataset
     from gzsq.models import load_model
     from gzsq.plugins import get_exporter, get_runtime
     from gzsq.ranges import build_ranges, prepare_for_quantization
-    from gzsq.runtime_api import file_size_bytes
 
     model = load_model(f"zoo:{name}")
     calibration = distill(model, DistillConfig(), model.domain, progress=False)
@@ -86,7 +117,7 @@ def bench_model(name: str, eval_limit: int, repeats: int) -> dict:
     if metric != "top1":
         labels = None
     reference = get_runtime("onnxruntime")(graph.SerializeToString()).run(data)
-    sample = data[:1]
+    ev = Evaluation(data, reference, labels, repeats)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="gzsq-bench-") as tmp:
         tmp = Path(tmp)
@@ -104,20 +135,16 @@ def bench_model(name: str, eval_limit: int, repeats: int) -> dict:
             else:
                 native = native_tflite(graph, images, tmp / "native.tflite")
             row = {"runtime": runtime, "metric": "top-1 %" if labels is not None else "top-1 agreement with FP32 %"}
-            for label, path in (("fp32", fp32), ("gzsq", gzsq_path), ("native", native)):
-                rt1 = harness(path, threads=1)
-                out = rt1.run(data)
-                row[f"{label}_score"] = score(out, reference, labels)
-                row[f"{label}_snr_db"] = snr_db(reference, out) if label != "fp32" else None
-                row[f"{label}_size_mb"] = file_size_bytes(path) / 1e6
-                for threads in (1, 2):
-                    rt = rt1 if threads == 1 else harness(path, threads=2)
-                    row[f"{label}_p50_ms_{threads}t"] = rt.latency(sample, repeats=repeats)["p50_ms"]
-                if fmt == "tflite" and label != "fp32":
-                    row[f"{label}_float_ops"] = float_op_count(Path(path).read_bytes())[0]
+            measure(row, harness, (("fp32", fp32), ("gzsq", gzsq_path), ("native", native)), fmt, ev)
             rows[fmt] = row
-            print(f"  {name} {fmt}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                   for k, v in row.items()), flush=True)
+            report(name, fmt, row)
+            if fmt == "tflite":
+                # The same ranges with the last layer's result left in float (--output-layer float).
+                variant = exporter.export(graph, ranges, tmp / "gzsq_float_output.tflite", output_layer="float").path
+                alt = {**row, "runtime": "litert, --output-layer float"}
+                measure(alt, harness, (("gzsq", variant),), fmt, ev)
+                rows["tflite_float_output"] = alt
+                report(name, "tflite_float_output", alt)
     return {"eval_images": int(len(data)), "calibration_images": int(len(images)), "formats": rows}
 
 

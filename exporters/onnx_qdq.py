@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from gzsq.config import check_output_layer
 from gzsq.errors import GzsqError
 from gzsq.fileio import atomic_path, sha256_bytes
 from gzsq.targets import Target, resolve_target
@@ -134,6 +135,7 @@ def export_onnx_qdq(graph_model: onnx.ModelProto, ranges: dict, out_path: str | 
     meta = {"gzsq.ranges_sha256": sha256_bytes(json.dumps(ranges, sort_keys=True).encode()),
             "gzsq.model_sha256": ranges.get("model_sha256", ""), "gzsq.target": target.name,
             "gzsq.weight_bits": str(target.weight_bits), "gzsq.scheme": scheme,
+            "gzsq.output_layer": "float" if float_outputs else "int8",
             "gzsq.calibration": json.dumps(ranges.get("calibration", {}), sort_keys=True)}
     for key, value in meta.items():
         prop = qdq.metadata_props.add()
@@ -150,8 +152,12 @@ class OnnxQdqExporter:
     suffix = ".onnx"
     runtime = "onnxruntime"
 
-    def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto") -> OnnxExportResult:
-        return export_onnx_qdq(graph_model, ranges, out_path, target)
+    default_output_layer = "float"
+
+    def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto",
+               output_layer: str | None = None) -> OnnxExportResult:
+        check_output_layer(output_layer)
+        return export_onnx_qdq(graph_model, ranges, out_path, target, float_outputs=(output_layer or self.default_output_layer) == "float")
 
     def describe(self, artifact: str | Path) -> str:
         meta = {p.key: p.value for p in onnx.load(str(artifact), load_external_data=False).metadata_props}

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from gzsq.config import check_output_layer
 from gzsq.errors import GzsqError
 from gzsq.exporters.onnx_qdq import OnnxExportResult, drop_requantization, export_onnx_qdq, qdq_simulator
 from gzsq.fileio import atomic_path, ensure_writable_dir
@@ -106,10 +107,11 @@ def sum_fused_requantizations(qdq: onnx.ModelProto, graph_model: onnx.ModelProto
     return found
 
 
-def openvino_qdq(graph_model: onnx.ModelProto, ranges: dict, out_path: Path, target: str) -> tuple:
+def openvino_qdq(graph_model: onnx.ModelProto, ranges: dict, out_path: Path, target: str,
+                 output_layer: str = "float") -> tuple:
     """The QDQ ONNX an IR is converted from (and simulated by): the ONNX artifact less the
     requantizations OpenVINO fuses away. Returns (export result, tensors left unquantized)."""
-    qdq = export_onnx_qdq(graph_model, ranges, out_path, target)
+    qdq = export_onnx_qdq(graph_model, ranges, out_path, target, float_outputs=output_layer == "float")
     model = onnx.load(str(qdq.path))
     dropped = sum_fused_requantizations(model, graph_model)
     if dropped:
@@ -122,14 +124,16 @@ def openvino_qdq(graph_model: onnx.ModelProto, ranges: dict, out_path: Path, tar
     return OnnxExportResult(qdq.path, qdq.weight_bits, scheme, kept), dropped
 
 
-def export_openvino(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto") -> OpenVinoExportResult:
+def export_openvino(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto",
+                    output_layer: str = "float") -> OpenVinoExportResult:
+    check_output_layer(output_layer)
     ov = _openvino()
     out_path = Path(out_path)
     if out_path.suffix != ".xml":
         raise GzsqError(f"OpenVINO IR is written as NAME.xml + NAME.bin; give an .xml path, not {out_path.name}")
     ensure_writable_dir(out_path.parent if str(out_path.parent) else Path("."))
     with tempfile.TemporaryDirectory(prefix="gzsq-ov-", dir=out_path.parent) as tmp:
-        qdq, _ = openvino_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", target)
+        qdq, _ = openvino_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", target, output_layer)
         try:
             model = ov.convert_model(str(qdq.path))
         except Exception as e:
@@ -137,6 +141,7 @@ def export_openvino(graph_model: onnx.ModelProto, ranges: dict, out_path: str | 
         model.set_rt_info(qdq.scheme, ["gzsq", "scheme"])
         model.set_rt_info(ranges.get("model_sha256", ""), ["gzsq", "model_sha256"])
         model.set_rt_info(resolve_target(target).name, ["gzsq", "target"])
+        model.set_rt_info(output_layer, ["gzsq", "output_layer"])
         _save_ir(ov, model, out_path, Path(tmp))
     return OpenVinoExportResult(out_path, qdq.weight_bits, qdq.scheme.replace("uint8 activations", "FakeQuantize (256 levels) activations"),
                                 qdq.quantized_tensors)
@@ -149,8 +154,11 @@ class OpenVinoExporter:
     suffix = ".xml"
     runtime = "openvino"
 
-    def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto") -> OpenVinoExportResult:
-        return export_openvino(graph_model, ranges, out_path, target)
+    default_output_layer = "float"
+
+    def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto",
+               output_layer: str | None = None) -> OpenVinoExportResult:
+        return export_openvino(graph_model, ranges, out_path, target, output_layer or self.default_output_layer)
 
     def describe(self, artifact: str | Path) -> str:
         return _rt_info(artifact, "scheme", "not exported by gzsq (no gzsq scheme in rt_info)")
@@ -172,7 +180,8 @@ class OpenVinoExporter:
         from gzsq.runtimes.openvino_harness import OpenVinoHarness
 
         with tempfile.TemporaryDirectory(prefix="gzsq-ov-layers-") as tmp:
-            qdq, _ = openvino_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", _rt_info(artifact, "target", "auto"))
+            qdq, _ = openvino_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", _rt_info(artifact, "target", "auto"),
+                                  _rt_info(artifact, "output_layer", "float"))
             return qdq_layer_parity(qdq.path, images, lambda p: OpenVinoHarness(p).run,
                                     lambda p: OnnxRuntimeHarness(p, simulate=True).run)
 
@@ -180,5 +189,6 @@ class OpenVinoExporter:
         """Fake-quant simulation of the artifact: the QDQ ONNX it was converted from, with ORT's
         graph optimisations off (QuantizeLinear/DequantizeLinear in float)."""
         with tempfile.TemporaryDirectory(prefix="gzsq-ov-sim-") as tmp:  # ORT reads the file at session creation
-            qdq, _ = openvino_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", _rt_info(artifact, "target", "auto"))
+            qdq, _ = openvino_qdq(graph_model, ranges, Path(tmp) / "qdq.onnx", _rt_info(artifact, "target", "auto"),
+                                  _rt_info(artifact, "output_layer", "float"))
             return qdq_simulator(qdq.path)

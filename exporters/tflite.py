@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from gzsq.config import check_output_layer
 from gzsq.errors import GzsqError
 from gzsq.fileio import atomic_path, sha256_bytes
 from gzsq.runtime_api import quiet_native as _quiet
@@ -429,20 +430,32 @@ def _convert(module, example, quantizer=None) -> bytes:
         return Path(tmp, "m.tflite").read_bytes()
 
 
-def export_tflite(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, io_dtype: str = "float",
-                  quantized: QuantizedTorchGraph | None = None) -> TfliteExportResult:
+def _check_options(io_dtype: str, output_layer: str) -> None:
     if io_dtype not in ("float", "int8"):
         raise GzsqError(f"unknown TFLite I/O type {io_dtype!r}; use float or int8")
-    quantized = quantized or quantized_torch_graph(graph_model, ranges, float_output=io_dtype == "float")
+    check_output_layer(output_layer)
+    if io_dtype == "int8" and output_layer == "float":
+        raise GzsqError("int8 I/O needs an int8 output layer; drop --output-layer float or use --io float")
+
+
+def export_tflite(graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, io_dtype: str = "float",
+                  quantized: QuantizedTorchGraph | None = None, output_layer: str = "int8") -> TfliteExportResult:
+    """Full-int8 TFLite (every operator int8, as TFLite's own full-integer quantization). With float
+    I/O the model adds one QUANTIZE at the input and one DEQUANTIZE at the output; with
+    output_layer="float" the last layer's result is not requantized (that layer then runs in float
+    on dequantized inputs; float I/O only)."""
+    _check_options(io_dtype, output_layer)
+    float_output = output_layer == "float"
+    quantized = quantized or quantized_torch_graph(graph_model, ranges, float_output=float_output)
     data = _convert(quantized.converted, quantized.graph.example_input, quantized.quantizer)
     if io_dtype == "float":
         data = _add_float_io(data)
     scheme = ("int8 asymmetric per-tensor activations (ranges.json grid), int8 symmetric per-channel weights, "
               f"{io_dtype} I/O; XNNPACK int8 kernels accumulate in int32"
-              + ("; output layer in float (its result is not requantized)" if io_dtype == "float" else "; fully int8"))
+              + ("; output layer in float (its result is not requantized)" if float_output else "; fully int8"))
     data = _with_metadata(data, {"gzsq.ranges_sha256": sha256_bytes(json.dumps(ranges, sort_keys=True).encode()),
                                  "gzsq.model_sha256": ranges.get("model_sha256", ""), "gzsq.scheme": scheme,
-                                 "gzsq.io_dtype": io_dtype})
+                                 "gzsq.io_dtype": io_dtype, "gzsq.output_layer": output_layer})
     with atomic_path(out_path) as tmp_path:
         tmp_path.write_bytes(data)
     _, float_ops = float_op_count(data)
@@ -563,8 +576,8 @@ SIMULATION_BATCH = 32
 
 
 def _float_output(artifact: str | Path) -> bool:
-    """Float-I/O artifacts keep their output layer in float; int8-I/O ones are fully int8."""
-    return read_metadata(Path(artifact).read_bytes()).get("gzsq.io_dtype", "float") == "float"
+    """Whether the artifact leaves its output layer in float (recorded at export)."""
+    return read_metadata(Path(artifact).read_bytes()).get("gzsq.output_layer", "int8") == "float"
 
 
 class TfliteExporter:
@@ -577,10 +590,14 @@ class TfliteExporter:
     def __init__(self) -> None:
         self._quantized: dict[tuple[str, int, bool], QuantizedTorchGraph] = {}
 
+    default_output_layer = "int8"
+
     def export(self, graph_model: onnx.ModelProto, ranges: dict, out_path: str | Path, target: str = "auto",
-               io_dtype: str = "float") -> TfliteExportResult:
+               io_dtype: str = "float", output_layer: str | None = None) -> TfliteExportResult:
+        output_layer = output_layer or self.default_output_layer
+        _check_options(io_dtype, output_layer)
         return export_tflite(graph_model, ranges, out_path, io_dtype,
-                             self._quantized_graph(graph_model, ranges, float_output=io_dtype == "float"))
+                             self._quantized_graph(graph_model, ranges, float_output=output_layer == "float"), output_layer)
 
     def describe(self, artifact: str | Path) -> str:
         return read_metadata(Path(artifact).read_bytes()).get("gzsq.scheme", "not exported by gzsq (no gzsq.scheme metadata)")

@@ -161,6 +161,8 @@ def cmd_export(args) -> int:
         if args.format != "tflite":
             raise GzsqError(f"--io {args.io} applies to --format tflite only ({args.format} artifacts take float I/O)")
         options["io_dtype"] = args.io
+    if args.output_layer:
+        options["output_layer"] = args.output_layer
     result = exporter.export(prepare_for_quantization(model), ranges, args.output, target, **options)
     print(f"wrote {result.path}: {len(result.quantized_tensors)} quantized activation tensors; {result.scheme}")
     return 0
@@ -173,7 +175,7 @@ def cmd_run(args) -> int:
 
     model = _load(args)
     config = RunConfig(distill=_distill_config(args), calibration=_calibration_config(args),
-                       formats=_formats(args.formats), target=args.target,
+                       formats=_formats(args.formats), target=args.target, output_layer=args.output_layer,
                        eval_data=args.eval_data, eval_limit=args.eval_limit, threads=args.threads, max_drop=args.max_drop)
     report = run_pipeline(model, _domain(args, model), config, args.output, progress=True,
                           log=lambda msg: print(msg, file=sys.stderr))
@@ -181,6 +183,12 @@ def cmd_run(args) -> int:
     print(f"report: {Path(args.output) / 'report.html'} (also report.md, report.json)")
     raise_if_gate_failed(report)
     return 0
+
+
+def _add_output_layer_arg(p) -> None:
+    p.add_argument("--output-layer", choices=("float", "int8"),
+                   help="float: the last layer's result is not requantized (its inputs and weights stay int8); "
+                   "int8: requantized too. Default: float for onnx and openvino, int8 for tflite (full-int8)")
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -288,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tflite: float I/O (quantize/dequantize inside the model) or int8 I/O (default: %(default)s)")
     p.add_argument("--target", default="auto", help="CPU scheme: auto (this CPU), x86-avx2, x86-vnni, arm64, generic; "
                    "or a deployment profile (gzsq check --help lists them), which also picks format and I/O")
+    _add_output_layer_arg(p)
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_export)
 
@@ -296,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill_args(p)
     _add_calibration_args(p)
     p.add_argument("--formats", default="onnx", help="comma-separated artifact formats: onnx, tflite, openvino (default: onnx)")
+    _add_output_layer_arg(p)
     p.add_argument("--target", default="auto", help="auto (this CPU), x86-avx2, x86-vnni, arm64, generic")
     p.add_argument("--eval-data", help="images to evaluate on: a folder, or an .npz with 'images' (and 'labels')")
     p.add_argument("--eval-limit", type=int, help="evaluate on at most this many images of the zoo dataset")

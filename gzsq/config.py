@@ -11,6 +11,15 @@ from gzsq.errors import GzsqError
 DistillMethod = Literal["gzsq", "zeroq", "gaussian", "uniform", "real"]
 StatisticsRule = Literal["paper", "moments"]
 RangeEstimator = Literal["minmax", "percentile", "mse", "entropy"]
+# Where the model's output is left: "float" = the last layer's inputs and weights are int8, its
+# result is not requantized (NNCF/AIMET placement); "int8" = requantized too (full integer).
+OutputLayer = Literal["float", "int8"]
+OUTPUT_LAYERS: tuple[str, ...] = ("float", "int8")
+
+
+def check_output_layer(value: str | None) -> None:
+    if value is not None and value not in OUTPUT_LAYERS:
+        raise GzsqError(f"unknown output layer placement {value!r}; use float or int8")
 METHODS: tuple[str, ...] = ("gzsq", "zeroq", "gaussian", "uniform", "real")
 ESTIMATORS: tuple[str, ...] = ("minmax", "percentile", "mse", "entropy")
 # Normalised images (no known preprocessing) rarely leave ±3 std; distilled pixels are kept inside.

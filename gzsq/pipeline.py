@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from gzsq import __version__
-from gzsq.config import CalibrationConfig, DistillConfig, InputDomain
+from gzsq.config import CalibrationConfig, DistillConfig, InputDomain, OutputLayer, check_output_layer
 from gzsq.distill import CalibrationSet, distill, load_real_images
 from gzsq.errors import GzsqError
 from gzsq.evaluate import eval_dataset
@@ -32,6 +32,7 @@ class RunConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     formats: tuple[str, ...] = ("onnx",)
     target: str = "auto"
+    output_layer: OutputLayer | None = None  # None: each format's default (exporter.default_output_layer)
     eval_data: str | None = None
     eval_limit: int | None = None
     threads: int | None = 1
@@ -70,6 +71,7 @@ def eval_sets(model: LoadedModel, calibration: CalibrationSet | None, config: Ru
 
 def run_pipeline(model: LoadedModel, domain: InputDomain, config: RunConfig, out_dir: str | Path,
                  progress: bool = True, log=print) -> dict:
+    check_output_layer(config.output_layer)
     out = ensure_writable_dir(out_dir)
     exporters = {fmt: get_exporter(fmt) for fmt in config.formats}  # fail before any work
     timings = {}
@@ -90,7 +92,8 @@ def run_pipeline(model: LoadedModel, domain: InputDomain, config: RunConfig, out
     for fmt, exporter in exporters.items():
         t = time.time()
         log(f"[3/4] exporting {fmt}")
-        result = exporter.export(graph_model, ranges, out / f"model_int8{exporter.suffix}", config.target)
+        result = exporter.export(graph_model, ranges, out / f"model_int8{exporter.suffix}", config.target,
+                                 output_layer=config.output_layer)
         timings[f"export_{fmt}_s"] = time.time() - t
         t = time.time()
         log(f"[4/4] checking {result.path.name} in {exporter.runtime}")

@@ -135,3 +135,15 @@ def test_zeroq_without_bn(capsys, tmp_path, tiny_onnx):
     code, err = run_cli(capsys, "distill", str(tiny_onnx), "--method", "zeroq", "-o", str(tmp_path / "c.npz"))
     assert_one_line_error(code, err, "no BatchNorm", "--method gzsq")
     assert not (tmp_path / "c.npz").exists()
+
+
+def test_int8_io_with_float_output_layer(capsys, tmp_path, tiny_onnx):
+    ranges = tmp_path / "r.json"
+    assert main(["distill", str(tiny_onnx), "--method", "gaussian", "--samples", "4", "-o", str(tmp_path / "c.npz")]) == 0
+    assert main(["calibrate", str(tiny_onnx), "--data", str(tmp_path / "c.npz"), "-o", str(ranges)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "m.tflite"
+    code, err = run_cli(capsys, "export", str(tiny_onnx), "--ranges", str(ranges), "--format", "tflite", "--io", "int8",
+                        "--output-layer", "float", "-o", str(out))
+    assert_one_line_error(code, err, "int8 I/O needs an int8 output layer", "--io float")
+    assert not out.exists()

@@ -14,6 +14,7 @@ from conftest import export_legacy
 from gzsq.cli import main
 from gzsq.config import CalibrationConfig, DistillConfig, InputDomain
 from gzsq.distill import distill
+from gzsq.errors import GzsqError
 from gzsq.models import load_model
 from gzsq.ranges import build_ranges, prepare_for_quantization, save_ranges
 from gzsq.verify import EvalSet, verify_artifact
@@ -94,16 +95,51 @@ def test_tflite_scales_equal_ranges_and_graph_is_fully_int8(residual):
                    for s in weight_scales), t.name
 
 
-def test_tflite_float_io_keeps_only_the_output_layer_in_float(residual):
-    """With float I/O the last layer's result is not requantized (like the ONNX and OpenVINO
-    artifacts): its FULLY_CONNECTED is the only float op; everything before it is int8."""
-    from gzsq.exporters.tflite import export_tflite, float_islands, float_op_count
+def test_tflite_float_io_is_full_int8_by_default(residual):
+    """Float I/O adds only the boundary QUANTIZE/DEQUANTIZE: every operator inside is int8."""
+    from gzsq.exporters.tflite import TfliteExporter, float_op_count, read_metadata
 
     model, ranges, out = residual
-    export_tflite(prepare_for_quantization(model), ranges, out / "f.tflite", io_dtype="float")
-    count, ops = float_op_count((out / "f.tflite").read_bytes())
+    result = TfliteExporter().export(prepare_for_quantization(model), ranges, out / "d.tflite")
+    data = (out / "d.tflite").read_bytes()
+    assert float_op_count(data) == (0, []) and result.float_ops == []
+    assert read_metadata(data)["gzsq.output_layer"] == "int8" and "fully int8" in result.scheme
+
+
+def test_tflite_float_output_layer_is_the_only_float_op(residual):
+    """--output-layer float: the last layer's result is not requantized (like the ONNX and
+    OpenVINO defaults); its FULLY_CONNECTED is the only float op, and no float op sits between
+    int8 ops."""
+    from gzsq.exporters.tflite import TfliteExporter, export_tflite, float_islands, float_op_count, read_metadata
+
+    model, ranges, out = residual
+    export_tflite(prepare_for_quantization(model), ranges, out / "f.tflite", io_dtype="float", output_layer="float")
+    data = (out / "f.tflite").read_bytes()
+    count, ops = float_op_count(data)
     assert set(ops) <= {"FULLY_CONNECTED", "DEQUANTIZE"} and ops.count("FULLY_CONNECTED") == 1, ops
-    assert float_islands((out / "f.tflite").read_bytes()) == []
+    assert float_islands(data) == []
+    assert read_metadata(data)["gzsq.output_layer"] == "float"
+    with pytest.raises(GzsqError, match="int8 I/O needs an int8 output layer"):
+        TfliteExporter().export(prepare_for_quantization(model), ranges, out / "x.tflite", io_dtype="int8", output_layer="float")
+    assert not (out / "x.tflite").exists()
+
+
+def test_onnx_output_layer_placement(residual):
+    """ONNX (and OpenVINO) leave the model output unrequantized by default; int8 requantizes it."""
+    import onnx
+
+    from gzsq.exporters.onnx_qdq import OnnxQdqExporter, quantize_linear_params
+
+    model, ranges, out = residual
+    graph = prepare_for_quantization(model)
+    output = graph.graph.output[0].name
+    default = OnnxQdqExporter().export(graph, ranges, out / "float_out.onnx")
+    full = OnnxQdqExporter().export(graph, ranges, out / "int8_out.onnx", output_layer="int8")
+    assert output not in quantize_linear_params(onnx.load(str(default.path)))
+    q = quantize_linear_params(onnx.load(str(full.path)))
+    assert output in q and float(q[output][0]) == pytest.approx(ranges["tensors"][output]["scale"], rel=1e-6)
+    with pytest.raises(GzsqError, match="unknown output layer"):
+        OnnxQdqExporter().export(graph, ranges, out / "bad.onnx", output_layer="fp16")
 
 
 def test_tflite_int8_io_matches_float_io(residual):
@@ -163,15 +199,16 @@ def test_openvino_ir_leaves_fused_residual_sums_unrounded(residual):
     assert fq_tensors.isdisjoint(fused) and len(fq_tensors & set(quantize_linear_params(onnx.load(str(ov_qdq.path))))) >= 10
 
 
-@pytest.mark.parametrize("fmt", ["tflite", "openvino"])
-def test_runtime_agrees_with_simulation_within_one_step(residual, fmt):
-    """Brevitas-style: the runtime's int8 kernels against the fake-quant simulation of the same file."""
+@pytest.mark.parametrize("fmt,output_layer", [("tflite", None), ("tflite", "float"), ("openvino", None), ("openvino", "int8")])
+def test_runtime_agrees_with_simulation_within_one_step(residual, fmt, output_layer):
+    """Brevitas-style: the runtime's int8 kernels against the fake-quant simulation of the same file
+    (the simulation reads the output-layer placement back from the artifact)."""
     from gzsq.plugins import get_exporter
 
     model, ranges, out = residual
     graph = prepare_for_quantization(model)
     exporter = get_exporter(fmt)
-    result = exporter.export(graph, ranges, out / f"p{exporter.suffix}")
+    result = exporter.export(graph, ranges, out / f"p_{output_layer}{exporter.suffix}", output_layer=output_layer)
     x = np.random.default_rng(2).standard_normal((32, 3, 12, 12)).astype(np.float32)
     entry = verify_artifact(fmt, result.path, graph, ranges, [EvalSet(x, None, "agreement", "noise")], threads=1)
     row = entry["evaluations"][0]

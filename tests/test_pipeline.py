@@ -71,11 +71,10 @@ def test_zoo_model_within_tolerance(tmp_path, name):
     assert main(["run", f"zoo:{name}", "--formats", "onnx,tflite,openvino", "-o", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["artifacts"]) == {"onnx", "tflite", "openvino"}
-    # Float I/O: only the output layer stays in float, no DEQUANTIZE → op → QUANTIZE island
-    # (int8 I/O is fully int8: tests/test_exporters.py).
-    from gzsq.exporters.tflite import float_islands
+    # TFLite is full-int8 by default: no operator computes in float.
+    from gzsq.exporters.tflite import float_op_count
 
-    assert float_islands((out / "model_int8.tflite").read_bytes()) == []
+    assert float_op_count((out / "model_int8.tflite").read_bytes()) == (0, [])
     for fmt in report["artifacts"]:
         e = _top1(report, fmt)
         if e["metric"] == "psnr":

@@ -163,6 +163,10 @@ class OnnxQdqExporter:
         meta = {p.key: p.value for p in onnx.load(str(artifact), load_external_data=False).metadata_props}
         return meta.get("gzsq.scheme", "not exported by gzsq (no gzsq.scheme metadata)")
 
+    def output_layer_of(self, artifact: str | Path) -> str | None:
+        meta = {p.key: p.value for p in onnx.load(str(artifact), load_external_data=False).metadata_props}
+        return meta.get("gzsq.output_layer")
+
     def export_float(self, graph_model: onnx.ModelProto, out_path: str | Path) -> Path:
         with atomic_path(out_path) as tmp_path:
             onnx.save(graph_model, str(tmp_path))

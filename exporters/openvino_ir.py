@@ -163,6 +163,9 @@ class OpenVinoExporter:
     def describe(self, artifact: str | Path) -> str:
         return _rt_info(artifact, "scheme", "not exported by gzsq (no gzsq scheme in rt_info)")
 
+    def output_layer_of(self, artifact: str | Path) -> str | None:
+        return _rt_info(artifact, "output_layer", "") or None
+
     def export_float(self, graph_model: onnx.ModelProto, out_path: str | Path) -> Path:
         ov = _openvino()
         out_path = Path(out_path)

@@ -602,6 +602,9 @@ class TfliteExporter:
     def describe(self, artifact: str | Path) -> str:
         return read_metadata(Path(artifact).read_bytes()).get("gzsq.scheme", "not exported by gzsq (no gzsq.scheme metadata)")
 
+    def output_layer_of(self, artifact: str | Path) -> str | None:
+        return read_metadata(Path(artifact).read_bytes()).get("gzsq.output_layer")
+
     def export_float(self, graph_model: onnx.ModelProto, out_path: str | Path) -> Path:
         return export_tflite_float(graph_model, out_path)
 

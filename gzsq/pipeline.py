@@ -20,7 +20,7 @@ from gzsq.models import LoadedModel
 from gzsq.plugins import get_exporter, get_runtime
 from gzsq.ranges import build_ranges, prepare_for_quantization, save_ranges
 from gzsq.report import summarise, write_reports  # noqa: F401  (summarise is re-exported for the CLI)
-from gzsq.verify import EvalSet, apply_gate, check_eval_shape, device_check, output_step, verify_artifact
+from gzsq.verify import EvalSet, apply_gate, check_eval_shape, device_check, output_layer_note, output_step, verify_artifact
 
 
 LAYER_IMAGES = 4  # images for the per-layer runtime-vs-simulation scan (it runs each cut model)
@@ -101,7 +101,11 @@ def run_pipeline(model: LoadedModel, domain: InputDomain, config: RunConfig, out
                                 latency_sample=sample, layer_images=sets[-1].images[:LAYER_IMAGES])
         timings[f"check_{fmt}_s"] = time.time() - t
         artifacts[fmt] = {**entry, "scheme": result.scheme, "weight_bits": result.weight_bits,
-                          "quantized_tensors": len(result.quantized_tensors)}
+                          "quantized_tensors": len(result.quantized_tensors),
+                          "output_layer": getattr(exporter, "output_layer_of", lambda p: None)(result.path)}
+        note = output_layer_note(artifacts[fmt])
+        if note:
+            log(f"      note: {result.path.name} {note}")
         if hasattr(result, "float_ops"):
             artifacts[fmt]["float_ops"] = list(result.float_ops)
             artifacts[fmt]["float_islands"] = list(result.float_islands)
@@ -176,6 +180,7 @@ def verify_artifacts(model: LoadedModel, domain: InputDomain, artifacts: list[st
                                 layer_images=sets[-1].images[:LAYER_IMAGES])
         exporter = get_exporter(fmt)
         entry["scheme"] = getattr(exporter, "describe", lambda p: "as exported")(artifact)
+        entry["output_layer"] = getattr(exporter, "output_layer_of", lambda p: None)(artifact)
         if device:
             headline_set = sets[-1]
             subset = EvalSet(headline_set.images[:device_limit],

@@ -118,6 +118,22 @@ def accuracy_drop(row: dict) -> tuple[float, str]:
     return 100.0 - row["int8_top1_agreement_pct"], "pt top-1 disagreement"
 
 
+# A requantized model output that costs more than this (top-1 points) gets a hint in the log and
+# in a failed gate: on many-class classifiers the calibrated logit range clips the top logits.
+OUTPUT_LAYER_HINT_PTS = 1.0
+
+
+def output_layer_note(entry: dict) -> str | None:
+    row = headline(entry)
+    if entry.get("output_layer") != "int8" or row is None or row["metric"] == "psnr":
+        return None
+    drop, unit = accuracy_drop(row)
+    if drop <= OUTPUT_LAYER_HINT_PTS:
+        return None
+    return (f"requantizes the model output (int8 output layer) and loses {drop:.1f} {unit}; "
+            "--output-layer float leaves the last layer's result unrequantized")
+
+
 def apply_gate(report: dict, max_drop: float | None) -> None:
     """Record the gate's verdict in the report; the caller raises after writing it."""
     if max_drop is None:
@@ -130,7 +146,8 @@ def apply_gate(report: dict, max_drop: float | None) -> None:
         drop, unit = accuracy_drop(row)
         entry["gate"] = {"max_drop": max_drop, "drop": drop, "unit": unit, "passed": bool(drop <= max_drop)}
         if drop > max_drop:
-            failures.append(f"{fmt} loses {drop:.2f} {unit} on {row['source']}")
+            hint = " (int8 output layer: try --output-layer float)" if output_layer_note(entry) else ""
+            failures.append(f"{fmt} loses {drop:.2f} {unit} on {row['source']}{hint}")
     report["gate"] = {"max_drop": max_drop, "passed": not failures, "failures": failures}
 
 

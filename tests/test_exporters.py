@@ -230,6 +230,8 @@ def test_run_three_formats_report_and_gate(tmp_path, tiny_onnx):
             "report.html"} <= names
     report = json.loads((out / "report.json").read_text())
     assert set(report["artifacts"]) == {"onnx", "tflite", "openvino"} and report["gate"]["passed"]
+    # Each artifact's output placement is read back from the file: the per-format defaults.
+    assert {f: e["output_layer"] for f, e in report["artifacts"].items()} == {"onnx": "float", "tflite": "int8", "openvino": "float"}
     for entry in report["artifacts"].values():
         assert entry["latency_batch1"]["int8_p50_ms"] > 0 and entry["size_bytes"] > 0
     html = (out / "report.html").read_text()

@@ -28,3 +28,19 @@ def test_html_report_renders_plots_in_headless_chromium(tmp_path, tiny_onnx):
     for size in rendered.values():
         width, height = map(int, size.split("x"))
         assert width > 100 and height > 50
+
+
+def test_gate_names_the_output_layer_when_a_requantized_output_costs_accuracy():
+    from gzsq.verify import apply_gate, output_layer_note
+
+    def entry(output_layer, int8_top1):
+        row = {"source": "val.npz", "metric": "top1", "fp32_top1_pct": 70.0, "int8_top1_pct": int8_top1}
+        return {"output_layer": output_layer, "evaluations": [row]}
+
+    assert output_layer_note(entry("float", 40.0)) is None      # not the output layer's doing
+    assert output_layer_note(entry("int8", 69.5)) is None       # within the hint threshold
+    assert "--output-layer float" in output_layer_note(entry("int8", 40.0))
+    report = {"artifacts": {"tflite": entry("int8", 40.0), "onnx": entry("float", 69.0)}}
+    apply_gate(report, 5.0)
+    assert not report["gate"]["passed"] and len(report["gate"]["failures"]) == 1
+    assert "tflite loses 30.00 pt top-1" in report["gate"]["failures"][0] and "--output-layer float" in report["gate"]["failures"][0]

@@ -81,6 +81,14 @@ def main() -> None:
             onnx.save(prepare_for_quantization(model), str(float_path))
             rows["ort quantize_static, 64 real crops"] = score(ort_native(float_path, calib, model.input_name,
                                                                           tmp / f"{name}_ort.onnx", target.weight_bits == 7))
+            # The same 64 real crops through gzsq's ranges and exporter: the real-data reference with
+            # gzsq's quantizer placement (model output not requantized).
+            real = CalibrationSet(images=calib, method="real", seed=0, model_sha256=model.sha256,
+                                  input_shape=tuple(model.input_shape), domain=model.domain, holdout=0)
+            artifact = tmp / f"{name}_real.onnx"
+            export_onnx_qdq(prepare_for_quantization(model), build_ranges(model, real, CalibrationConfig(), progress=False),
+                            artifact, target)
+            rows["real, 64 crops, gzsq ranges and export"] = score(artifact)
             print(name, rows, flush=True)
             configs = [("gaussian", DistillConfig(method="gaussian", samples=args.samples))]
             configs += [(f"gzsq moments (default), ≤{s} steps @112",

@@ -212,10 +212,17 @@ def _install_ranges(prepared, graph, ranges: dict) -> tuple[list[str], dict[str,
         if node.target in seen:  # shared observer module: already set from its first tensor
             continue
         name = graph.tensor_name(observed)
+        factor = 1.0
+        if name is None and DERIVED_RANGE in observed.meta:
+            name, factor = observed.meta[DERIVED_RANGE]
         if name is None or name not in tensors:
             raise GzsqError(f"the TFLite quantizer needs a range for tensor {name or observed.name!r}, "
                             "which ranges.json lacks; recreate it with `gzsq calibrate` on this model")
         scale, zp = int8_params(tensors[name])
+        if factor != 1.0:
+            setattr(prepared, node.target, _fixed_observer(float(np.float32(scale * factor)), zp, False))
+            seen[node.target] = f"{name} (×{factor:g})"
+            continue
         setattr(prepared, node.target, _fixed_observer(scale, zp, False))
         seen[node.target] = name
         quantized.append(name)
@@ -392,13 +399,75 @@ def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict, batch: int
 
     with _quiet():
         graph = export_torch_graph(graph_model, batch=batch)
+        _tflite_activation_forms(graph)
         _break_splat_biases(graph.module)
-        quantizer = _full_int8_quantizer(lambda node: graph.tensor_name(node) is not None, float_output)
+        quantizer = _full_int8_quantizer(lambda node: graph.tensor_name(node) is not None or DERIVED_RANGE in node.meta,
+                                         float_output)
         prepared = prepare_pt2e(graph.module, quantizer)
         quantized, shared = _install_ranges(prepared, graph, ranges)
         converted = convert_pt2e(prepared, fold_quantize=False)
         move_exported_model_to_eval(converted)
     return QuantizedTorchGraph(graph, quantizer, converted, quantized, shared)
+
+
+# Meta key of a node that has no ONNX tensor of its own but whose range follows exactly from
+# one: (ONNX tensor name, factor by which that tensor's grid is scaled).
+DERIVED_RANGE = "gzsq_derived_range"
+
+
+def _placement_meta(node) -> dict:
+    """The meta a replacement node inherits: its value and ONNX owner, not the source-function
+    record the stock annotator matches op patterns by (a hardswish must not look like a mul)."""
+    return {k: v for k, v in node.meta.items() if k in ("val", "tensor_meta", "nn_module_stack", "stack_trace")}
+
+
+def _tflite_activation_forms(graph) -> None:
+    """Rewrite activations TFLite has no int8 kernel for into forms it has, before quantization.
+
+    - HardSwish, which ONNX exporters often inline as HardSigmoid → Mul(x, ·): one
+      aten.hardswish (TFLite HARD_SWISH, int8). The HardSigmoid's own tensor disappears.
+    - A lone HardSigmoid (squeeze-excite gates): relu6(x + 3) · 1/6 (ADD with fused RELU6, then
+      MUL). The intermediate relu6(x + 3) is 6 × the output, so its grid is the ONNX tensor's
+      grid scaled by 6 and the MUL requantizes exactly: one rounding, as in the QDQ model.
+    Left decomposed, both become float islands (DEQUANTIZE → ADD/MUL → QUANTIZE)."""
+    import torch
+
+    aten = torch.ops.aten
+    fx_graph = graph.module.graph
+    changed = False
+    for node in list(fx_graph.nodes):
+        if node.op != "call_function" or node.target != aten.hardsigmoid.default:
+            continue
+        x = node.args[0]
+        users = list(node.users)
+        if (len(users) == 1 and users[0].op == "call_function" and users[0].target == aten.mul.Tensor
+                and len(users[0].args) == 2 and set(users[0].args) == {node, x}):
+            mul = users[0]
+            with fx_graph.inserting_before(mul):
+                fused = fx_graph.call_function(aten.hardswish.default, (x,))
+            fused.meta = _placement_meta(mul)
+            mul.replace_all_uses_with(fused)
+            fx_graph.erase_node(mul)
+            fx_graph.erase_node(node)
+            changed = True
+            continue
+        name = graph.tensor_name(node)
+        if name is None:
+            continue
+        with fx_graph.inserting_before(node):
+            shifted = fx_graph.call_function(aten.add.Tensor, (x, 3.0))
+            clipped = fx_graph.call_function(aten.hardtanh.default, (shifted, 0.0, 6.0))
+            scaled = fx_graph.call_function(aten.mul.Tensor, (clipped, 1.0 / 6.0))
+        for new in (shifted, clipped, scaled):
+            new.meta = _placement_meta(node)
+        for new in (shifted, clipped):
+            new.meta[DERIVED_RANGE] = (name, 6.0)
+        node.replace_all_uses_with(scaled)
+        fx_graph.erase_node(node)
+        changed = True
+    if changed:
+        fx_graph.lint()
+        graph.module.recompile()
 
 
 def _break_splat_biases(module) -> None:

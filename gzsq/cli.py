@@ -357,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        from gzsq.fileio import removing_new_empty_dirs
+
+        with removing_new_empty_dirs(getattr(args, "output", None)):
+            return args.func(args)
     except GzsqError as e:
         print(f"gzsq: error: {e}", file=sys.stderr)
         return e.exit_code

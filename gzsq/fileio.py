@@ -36,6 +36,26 @@ def ensure_writable_dir(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
+def removing_new_empty_dirs(output: str | Path | None) -> Iterator[None]:
+    """On failure, remove the directories on the way to `output` that this command created and
+    left empty (a failed command leaves nothing behind, not even an empty -o directory)."""
+    new = []
+    if output:
+        path = Path(output).absolute()
+        while not path.exists() and path != path.parent:
+            new.append(path)
+            path = path.parent
+    try:
+        yield
+    except BaseException:
+        for path in new:  # deepest first
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it onto target on success only."""
     target = Path(target)

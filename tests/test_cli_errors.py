@@ -147,3 +147,14 @@ def test_int8_io_with_float_output_layer(capsys, tmp_path, tiny_onnx):
                         "--output-layer", "float", "-o", str(out))
     assert_one_line_error(code, err, "int8 I/O needs an int8 output layer", "--io float")
     assert not out.exists()
+
+
+def test_failed_run_leaves_no_new_directory(capsys, tmp_path, tiny_onnx):
+    out = tmp_path / "new" / "deeper"
+    code, err = run_cli(capsys, "run", str(tiny_onnx), "--formats", "onnx,nosuch", "-o", str(out))
+    assert_one_line_error(code, err, "no exporter for format 'nosuch'")
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    code, err = run_cli(capsys, "run", str(tiny_onnx), "--formats", "nosuch", "-o", str(existing))
+    assert code == 2 and existing.is_dir()  # a directory the user made is never removed

@@ -38,12 +38,14 @@ def output_step(ranges: dict, graph_model) -> float | None:
     return float(entry["scale"]) if entry else None
 
 
-def _quality(reference: np.ndarray, test: np.ndarray, eval_set: EvalSet, prefix: str) -> dict:
+def _quality(reference: np.ndarray | None, test: np.ndarray, eval_set: EvalSet, prefix: str) -> dict:
+    """PSNR, or top-1 vs labels plus top-1 agreement with `reference` (None: the FP32 model itself)."""
     out = {}
     if eval_set.metric == "psnr":
         out[f"{prefix}_psnr_db"] = psnr(test, eval_set.labels)
     else:
-        out[f"{prefix}_top1_agreement_pct"] = agreement(reference, test)
+        if reference is not None:
+            out[f"{prefix}_top1_agreement_pct"] = agreement(reference, test)
         if eval_set.labels is not None:
             out[f"{prefix}_top1_pct"] = accuracy(test, eval_set.labels)
     return out
@@ -83,9 +85,8 @@ def verify_artifact(fmt: str, artifact: str | Path, graph_model, ranges: dict, e
             sim = simulate(eval_set.images)
             row = {"source": eval_set.source, "images": int(len(eval_set.images)), "metric": eval_set.metric,
                    "output_snr_db": snr_db(ref, q), "output_cosine": cosine(ref, q),
-                   **_quality(ref, ref, eval_set, "fp32"), **_quality(ref, q, eval_set, "int8"),
+                   **_quality(None, ref, eval_set, "fp32"), **_quality(ref, q, eval_set, "int8"),
                    **_quality(ref, sim, eval_set, "simulated"), **parity(q, sim, step)}
-            row.pop("fp32_top1_agreement_pct", None)
             entry["evaluations"].append(row)
         if layer_images is not None and hasattr(exporter, "layer_parity"):
             entry["per_layer"] = exporter.layer_parity(graph_model, ranges, artifact, layer_images)

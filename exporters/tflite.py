@@ -75,6 +75,8 @@ def _full_int8_quantizer(has_onnx_name=lambda node: True, float_output: bool = F
                 if node.op != "call_function" or str(node.target) not in targets or not has_onnx_name(node):
                     continue
                 inputs = {a: act_spec for a in node.args if float_activation(a) and has_onnx_name(a)}
+                if DERIVED_RANGE in node.meta:  # a rewritten op's constant operand (PReLU slopes) is int8 too
+                    inputs.update({a: act_spec for a in node.args if isinstance(a, torch.fx.Node) and a.op == "get_attr"})
                 annotation = node.meta.get("quantization_annotation")
                 # The stock annotator marks chained adds "annotated" without quantizing them.
                 if (annotation is not None and annotation.output_qspec is not None
@@ -212,17 +214,20 @@ def _install_ranges(prepared, graph, ranges: dict) -> tuple[list[str], dict[str,
         if node.target in seen:  # shared observer module: already set from its first tensor
             continue
         name = graph.tensor_name(observed)
-        factor = 1.0
         if name is None and DERIVED_RANGE in observed.meta:
-            name, factor = observed.meta[DERIVED_RANGE]
+            derived = observed.meta[DERIVED_RANGE]
+            try:
+                scale, zp = derived.params(tensors)
+            except KeyError as e:
+                raise GzsqError(f"the TFLite quantizer needs a range for tensor {e.args[0]!r}, which ranges.json lacks; "
+                                "recreate it with `gzsq calibrate` on this model") from None
+            setattr(prepared, node.target, _fixed_observer(scale, zp, False))
+            seen[node.target] = derived.describe
+            continue
         if name is None or name not in tensors:
             raise GzsqError(f"the TFLite quantizer needs a range for tensor {name or observed.name!r}, "
                             "which ranges.json lacks; recreate it with `gzsq calibrate` on this model")
         scale, zp = int8_params(tensors[name])
-        if factor != 1.0:
-            setattr(prepared, node.target, _fixed_observer(float(np.float32(scale * factor)), zp, False))
-            seen[node.target] = f"{name} (×{factor:g})"
-            continue
         setattr(prepared, node.target, _fixed_observer(scale, zp, False))
         seen[node.target] = name
         quantized.append(name)
@@ -410,9 +415,40 @@ def quantized_torch_graph(graph_model: onnx.ModelProto, ranges: dict, batch: int
     return QuantizedTorchGraph(graph, quantizer, converted, quantized, shared)
 
 
-# Meta key of a node that has no ONNX tensor of its own but whose range follows exactly from
-# one: (ONNX tensor name, factor by which that tensor's grid is scaled).
+# Meta key of a node that a rewrite created: it has no ONNX tensor of its own, but its range
+# follows from one (a DerivedRange).
 DERIVED_RANGE = "gzsq_derived_range"
+
+
+@dataclass(frozen=True)
+class DerivedRange:
+    """An intermediate's int8 grid from an ONNX tensor's ranges.json entry: that tensor's grid
+    scaled by `factor` (relu6(x + 3) is 6 × hardsigmoid(x)), or, with `clip`, the [low, high]
+    of the tensor's range clipped to `clip` (min(x, 0)), or times `multipliers` (w · min(x, 0))."""
+
+    tensor: str
+    factor: float = 1.0
+    clip: tuple[float, float] | None = None
+    multipliers: tuple[float, float] | None = None
+
+    @property
+    def describe(self) -> str:
+        return f"{self.tensor} (derived)"
+
+    def params(self, tensors: dict) -> tuple[float, int]:
+        entry = tensors[self.tensor]
+        if self.clip is None and self.multipliers is None:
+            scale, zp = int8_params(entry)
+            return float(np.float32(scale * self.factor)), zp
+        low, high = float(entry["min"]), float(entry["max"])
+        if self.clip is not None:
+            low, high = max(low, self.clip[0]), min(high, self.clip[1])
+        if self.multipliers is not None:
+            ends = [low * m for m in self.multipliers] + [high * m for m in self.multipliers]
+            low, high = min(ends), max(ends)
+        low, high = min(low, 0.0), max(high, 0.0)
+        scale = max(high - low, 1e-8) / 255.0
+        return float(np.float32(scale)), int(np.clip(np.round(-low / scale), 0, 255)) - 128
 
 
 def _placement_meta(node) -> dict:
@@ -429,45 +465,105 @@ def _tflite_activation_forms(graph) -> None:
     - A lone HardSigmoid (squeeze-excite gates): relu6(x + 3) · 1/6 (ADD with fused RELU6, then
       MUL). The intermediate relu6(x + 3) is 6 × the output, so its grid is the ONNX tensor's
       grid scaled by 6 and the MUL requantizes exactly: one rounding, as in the QDQ model.
-    Left decomposed, both become float islands (DEQUANTIZE → ADD/MUL → QUANTIZE)."""
+    - PReLU (litert-torch lowers it to float RELU/MUL/SUB, with no int8 PRELU): relu(x) +
+      w · min(x, 0) (RELU, MINIMUM, MUL, ADD, all int8). relu(x) and min(x, 0) stay on x's own
+      grid (exact); w · min(x, 0) gets the range x's range and the slopes imply, so the only
+      added rounding is that product's.
+    Left alone, each becomes a float island (DEQUANTIZE → ADD/MUL/… → QUANTIZE)."""
     import torch
 
     aten = torch.ops.aten
     fx_graph = graph.module.graph
     changed = False
     for node in list(fx_graph.nodes):
-        if node.op != "call_function" or node.target != aten.hardsigmoid.default:
+        if node.op != "call_function":
             continue
-        x = node.args[0]
-        users = list(node.users)
-        if (len(users) == 1 and users[0].op == "call_function" and users[0].target == aten.mul.Tensor
-                and len(users[0].args) == 2 and set(users[0].args) == {node, x}):
-            mul = users[0]
-            with fx_graph.inserting_before(mul):
-                fused = fx_graph.call_function(aten.hardswish.default, (x,))
-            fused.meta = _placement_meta(mul)
-            mul.replace_all_uses_with(fused)
-            fx_graph.erase_node(mul)
-            fx_graph.erase_node(node)
-            changed = True
-            continue
-        name = graph.tensor_name(node)
-        if name is None:
-            continue
-        with fx_graph.inserting_before(node):
-            shifted = fx_graph.call_function(aten.add.Tensor, (x, 3.0))
-            clipped = fx_graph.call_function(aten.hardtanh.default, (shifted, 0.0, 6.0))
-            scaled = fx_graph.call_function(aten.mul.Tensor, (clipped, 1.0 / 6.0))
-        for new in (shifted, clipped, scaled):
-            new.meta = _placement_meta(node)
-        for new in (shifted, clipped):
-            new.meta[DERIVED_RANGE] = (name, 6.0)
-        node.replace_all_uses_with(scaled)
-        fx_graph.erase_node(node)
-        changed = True
+        if node.target == aten.hardsigmoid.default:
+            changed |= _rewrite_hardsigmoid(graph, node)
+        elif node.target == aten.prelu.default:
+            changed |= _rewrite_prelu(graph, node)
     if changed:
         fx_graph.lint()
         graph.module.recompile()
+
+
+def _rewrite_hardsigmoid(graph, node) -> bool:
+    import torch
+
+    aten, fx_graph = torch.ops.aten, graph.module.graph
+    x = node.args[0]
+    users = list(node.users)
+    if (len(users) == 1 and users[0].op == "call_function" and users[0].target == aten.mul.Tensor
+            and len(users[0].args) == 2 and set(users[0].args) == {node, x}):
+        mul = users[0]
+        with fx_graph.inserting_before(mul):
+            fused = fx_graph.call_function(aten.hardswish.default, (x,))
+        fused.meta = _placement_meta(mul)
+        mul.replace_all_uses_with(fused)
+        fx_graph.erase_node(mul)
+        fx_graph.erase_node(node)
+        return True
+    name = graph.tensor_name(node)
+    if name is None:
+        return False
+    with fx_graph.inserting_before(node):
+        shifted = fx_graph.call_function(aten.add.Tensor, (x, 3.0))
+        clipped = fx_graph.call_function(aten.hardtanh.default, (shifted, 0.0, 6.0))
+        scaled = fx_graph.call_function(aten.mul.Tensor, (clipped, 1.0 / 6.0))
+    for new in (shifted, clipped, scaled):
+        new.meta = _placement_meta(node)
+    for new in (shifted, clipped):
+        new.meta[DERIVED_RANGE] = DerivedRange(name, factor=6.0)
+    node.replace_all_uses_with(scaled)
+    fx_graph.erase_node(node)
+    return True
+
+
+def _rewrite_prelu(graph, node) -> bool:
+    import torch
+
+    aten, fx_graph, module = torch.ops.aten, graph.module.graph, graph.module
+    x, slope = node.args[0], node.args[1]
+    x_name, val = graph.tensor_name(x), x.meta.get("val")
+    weight = _constant_value(module, slope)
+    if x_name is None or graph.tensor_name(node) is None or weight is None or val is None or val.dim() < 2:
+        return False
+    channels = weight.numel()
+    shape = [1, channels] + [1] * (val.dim() - 2)  # rank of x: the NHWC layout pass keeps it in place
+    attr = f"gzsq_prelu_slope_{len([n for n in module.graph.nodes if n.op == 'get_attr'])}"
+    module.register_buffer(attr, weight.detach().reshape(shape).clone())
+    w = [float(weight.min()), float(weight.max())]
+    with fx_graph.inserting_before(node):
+        slope_node = fx_graph.get_attr(attr)
+        positive = fx_graph.call_function(aten.relu.default, (x,))
+        negative = fx_graph.call_function(aten.clamp.default, (x, None, 0.0))
+        scaled = fx_graph.call_function(aten.mul.Tensor, (negative, slope_node))
+        out = fx_graph.call_function(aten.add.Tensor, (positive, scaled))
+    slope_node.meta = {"val": getattr(module, attr)}
+    for new in (positive, negative, scaled, out):
+        new.meta = _placement_meta(node)
+    # relu(x) and min(x, 0) keep x's own grid: exact, and TFLite's MINIMUM needs no requantize.
+    positive.meta[DERIVED_RANGE] = DerivedRange(x_name)
+    negative.meta[DERIVED_RANGE] = DerivedRange(x_name)
+    scaled.meta[DERIVED_RANGE] = DerivedRange(x_name, clip=(float("-inf"), 0.0), multipliers=(w[0], w[1]))
+    node.replace_all_uses_with(out)
+    fx_graph.erase_node(node)
+    return True
+
+
+def _constant_value(module, node):
+    """The tensor a get_attr node (possibly behind view/reshape) holds, or None."""
+    import torch
+
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and "view" in str(node.target) or \
+            isinstance(node, torch.fx.Node) and node.op == "call_function" and "reshape" in str(node.target):
+        node = node.args[0]
+    if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
+        return None
+    value = module
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value.detach() if isinstance(value, torch.Tensor) else None
 
 
 def _break_splat_biases(module) -> None:

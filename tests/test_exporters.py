@@ -15,6 +15,7 @@ from gzsq.cli import main
 from gzsq.config import CalibrationConfig, DistillConfig, InputDomain
 from gzsq.distill import distill
 from gzsq.errors import GzsqError
+from gzsq.exporters.onnx_qdq import OnnxQdqExporter
 from gzsq.models import load_model
 from gzsq.ranges import build_ranges, prepare_for_quantization, save_ranges
 from gzsq.verify import EvalSet, verify_artifact
@@ -124,42 +125,54 @@ def test_tflite_float_output_layer_is_the_only_float_op(residual):
     assert not (out / "x.tflite").exists()
 
 
-class HardActivations(nn.Module):
-    """MobileNetV3's activations: HardSwish (inlined by the ONNX pipeline as HardSigmoid → Mul) and
-    a squeeze-excite gate with a lone HardSigmoid; TFLite has no int8 hard-sigmoid kernel."""
+class EdgeActivations(nn.Module):
+    """MobileNetV3's activations — HardSwish (inlined by the ONNX pipeline as HardSigmoid → Mul) and
+    a squeeze-excite gate with a lone HardSigmoid — and PReLU, per channel and shared (face and
+    edge models). TFLite has no int8 hard-sigmoid kernel, and litert-torch lowers PReLU to float."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
         self.squeeze, self.excite = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.prelu_channels, self.prelu_shared = nn.PReLU(8), nn.PReLU()
+        with torch.no_grad():
+            self.prelu_channels.weight.uniform_(-0.2, 0.5)  # trained slopes differ per channel, some negative
         self.fc = nn.Linear(8, 5)
 
     def forward(self, x):
         x = nn.functional.hardswish(self.conv1(x))
-        x = self.conv2(x)
+        x = self.prelu_channels(self.conv2(x))
         x = x * nn.functional.hardsigmoid(self.excite(torch.relu(self.squeeze(x.mean((2, 3), keepdim=True)))))
+        x = self.prelu_shared(self.conv3(x))
         return self.fc(x.mean((2, 3)))
 
 
-def test_tflite_hardswish_and_hardsigmoid_stay_int8(tmp_path):
+def test_tflite_edge_activations_stay_int8(tmp_path):
     from gzsq.exporters.tflite import export_tflite, float_op_count
     from gzsq.tflite_flatbuffer import op_name, read_model
 
     torch.manual_seed(0)
-    export_legacy(HardActivations().eval(), tmp_path / "hard.onnx", shape=(1, 3, 12, 12))
-    model = load_model(str(tmp_path / "hard.onnx"))
+    export_legacy(EdgeActivations().eval(), tmp_path / "edge.onnx", shape=(1, 3, 12, 12))
+    model = load_model(str(tmp_path / "edge.onnx"))
     graph = prepare_for_quantization(model)
-    assert "HardSigmoid" in {n.op_type for n in graph.graph.node}
+    assert {"HardSigmoid", "PRelu"} <= {n.op_type for n in graph.graph.node}
     cal = distill(model, DistillConfig(method="gzsq", samples=16, batch_size=8, max_steps=5), InputDomain(), progress=False)
     ranges = build_ranges(model, cal, CalibrationConfig(), progress=False)
-    result = export_tflite(graph, ranges, tmp_path / "hard.tflite")
-    data = (tmp_path / "hard.tflite").read_bytes()
+    result = export_tflite(graph, ranges, tmp_path / "edge.tflite")
+    data = (tmp_path / "edge.tflite").read_bytes()
     assert float_op_count(data) == (0, []), result.float_ops
     tfl = read_model(data)
-    assert "HARD_SWISH" in [op_name(tfl, op) for op in tfl.subgraphs[0].operators]
+    ops = [op_name(tfl, op) for op in tfl.subgraphs[0].operators]
+    # no layout TRANSPOSE around the PReLU ops: only the input one and the one before the final MEAN
+    assert "HARD_SWISH" in ops and ops.count("MINIMUM") == 2 and ops.count("TRANSPOSE") == 2, " ".join(ops)
     x = np.random.default_rng(3).standard_normal((32, 3, 12, 12)).astype(np.float32)
     row = verify_artifact("tflite", result.path, graph, ranges, [EvalSet(x, None, "agreement", "noise")], threads=1)["evaluations"][0]
     assert row["output_error_steps_max"] <= 1.0 + 1e-5 and row["runtime_vs_simulation_agreement_pct"] == 100.0
+    # and the TFLite int8 model is about as close to FP32 as the QDQ model of the same ranges and
+    # the same (int8) output layer in ORT, where these activations take one rounding each
+    qdq = OnnxQdqExporter().export(graph, ranges, tmp_path / "edge.q.onnx", output_layer="int8").path
+    onnx_row = verify_artifact("onnx", qdq, graph, ranges, [EvalSet(x, None, "agreement", "noise")], threads=1)["evaluations"][0]
+    assert row["output_snr_db"] >= onnx_row["output_snr_db"] - 1.0  # measured: equal within 0.1 dB
 
 
 def test_onnx_output_layer_placement(residual):

@@ -530,7 +530,7 @@ def _rewrite_prelu(graph, node) -> bool:
         return False
     channels = weight.numel()
     shape = [1, channels] + [1] * (val.dim() - 2)  # rank of x: the NHWC layout pass keeps it in place
-    attr = f"gzsq_prelu_slope_{len([n for n in module.graph.nodes if n.op == 'get_attr'])}"
+    attr = f"gzsq_slope_{node.name}"
     module.register_buffer(attr, weight.detach().reshape(shape).clone())
     w = [float(weight.min()), float(weight.max())]
     with fx_graph.inserting_before(node):
@@ -555,8 +555,8 @@ def _constant_value(module, node):
     """The tensor a get_attr node (possibly behind view/reshape) holds, or None."""
     import torch
 
-    while isinstance(node, torch.fx.Node) and node.op == "call_function" and "view" in str(node.target) or \
-            isinstance(node, torch.fx.Node) and node.op == "call_function" and "reshape" in str(node.target):
+    while (isinstance(node, torch.fx.Node) and node.op == "call_function"
+           and any(op in str(node.target) for op in ("view", "reshape"))):
         node = node.args[0]
     if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
         return None

@@ -160,12 +160,10 @@ class OnnxQdqExporter:
         return export_onnx_qdq(graph_model, ranges, out_path, target, float_outputs=(output_layer or self.default_output_layer) == "float")
 
     def describe(self, artifact: str | Path) -> str:
-        meta = {p.key: p.value for p in onnx.load(str(artifact), load_external_data=False).metadata_props}
-        return meta.get("gzsq.scheme", "not exported by gzsq (no gzsq.scheme metadata)")
+        return _metadata(artifact).get("gzsq.scheme", "not exported by gzsq (no gzsq.scheme metadata)")
 
     def output_layer_of(self, artifact: str | Path) -> str | None:
-        meta = {p.key: p.value for p in onnx.load(str(artifact), load_external_data=False).metadata_props}
-        return meta.get("gzsq.output_layer")
+        return _metadata(artifact).get("gzsq.output_layer")
 
     def export_float(self, graph_model: onnx.ModelProto, out_path: str | Path) -> Path:
         with atomic_path(out_path) as tmp_path:
@@ -184,6 +182,10 @@ class OnnxQdqExporter:
 
         return qdq_layer_parity(artifact, images, lambda p: OnnxRuntimeHarness(p).run,
                                 lambda p: OnnxRuntimeHarness(p, simulate=True).run)
+
+
+def _metadata(artifact: str | Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(artifact), load_external_data=False).metadata_props}
 
 
 def qdq_simulator(qdq_path: str | Path):

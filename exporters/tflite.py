@@ -173,9 +173,17 @@ def _constant_observer(values: np.ndarray, old):
         axis = int(old.ch_axis)
         absmax = np.abs(np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)).max(1)
         return _fixed_observer(np.maximum(absmax, 1e-12) / 127.0, np.zeros(len(absmax), np.int32), True, axis)
-    low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
-    scale = max(high - low, 1e-8) / 255.0
-    return _fixed_observer(scale, int(np.clip(np.round(-low / scale), 0, 255)) - 128, False)
+    scale, zero_point = affine_int8_params(float(values.min()), float(values.max()))
+    return _fixed_observer(scale, zero_point, False)
+
+
+def affine_int8_params(low: float, high: float) -> tuple[float, int]:
+    """Per-tensor asymmetric int8 (scale, zero_point) covering [low, high] and 0: ranges.json's
+    uint8 grid of that range, zero point − 128 (as int8_params)."""
+    from gzsq.ranges import quant_params_u8
+
+    scale, zero_point, _, _ = quant_params_u8(low, high)
+    return scale, zero_point - 128
 
 
 def int8_params(entry: dict) -> tuple[float, int]:
@@ -446,9 +454,7 @@ class DerivedRange:
         if self.multipliers is not None:
             ends = [low * m for m in self.multipliers] + [high * m for m in self.multipliers]
             low, high = min(ends), max(ends)
-        low, high = min(low, 0.0), max(high, 0.0)
-        scale = max(high - low, 1e-8) / 255.0
-        return float(np.float32(scale)), int(np.clip(np.round(-low / scale), 0, 255)) - 128
+        return affine_int8_params(low, high)
 
 
 def _placement_meta(node) -> dict:
